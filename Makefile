@@ -1,0 +1,33 @@
+# The two commands: `make figures` (main job: every notebook, default profile) and `make test`.
+# Both bootstrap what is missing: a virtual environment in .venv with the pinned packages, and the
+# offline data sources (`python -m layersim.data install`). Fast when everything is already there.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.layersim-installed
+PROFILE ?= default
+
+.PHONY: figures test smoke setup lab clean-results
+
+figures: setup
+	$(PY) -m layersim.regenerate --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+smoke: setup
+	$(PY) -m layersim.regenerate --profile smoke
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+setup: $(STAMP)
+	@$(PY) -m layersim.data install
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+clean-results:
+	rm -rf results/
