@@ -1,0 +1,410 @@
+"""Our ViT against timm, and the adapters against each model's own forward pass.
+
+Tiny models are built from configs (nothing downloaded), saved to a temporary folder and loaded back
+through `load_model`, the path users take. The two offline pretrained models are tested for real.
+"""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests may touch the network
+
+import pytest
+import timm
+import torch
+import transformers
+from transformers import AutoTokenizer
+
+from layersim.models import (HFCausalLM, HFEncoder, TimmViTAdapter, VisionTransformer, ViTAdapter, ViTConfig,
+                             adapt, capture_input, eval_mode, load_model, minilm_path, state_dict_from_timm,
+                             state_dict_to_timm, timm_kwargs)
+
+transformers.logging.set_verbosity_error()
+TEXTS = ["the cat sat on the mat", "a short one", "transformers read every token of a rather longer sentence"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A real WordPiece tokenizer, from the offline MiniLM package (used by every tiny text model)."""
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def save_hf(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_text_config(kind, vocab_size, **extra):
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                  intermediate_size=64, initializer_range=0.2)  # large enough for distinct logits per layer
+    if kind == "bert":
+        return transformers.BertConfig(**common, num_labels=3, **extra)
+    if kind == "roberta":
+        return transformers.RobertaConfig(**common, num_labels=3, pad_token_id=0, **extra)
+    if kind == "llama":
+        return transformers.LlamaConfig(**common, num_key_value_heads=1, max_position_embeddings=128, **extra)
+    if kind == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=3, n_head=2, n_positions=128,
+                                       initializer_range=0.2, **extra)
+    raise ValueError(kind)
+
+
+# ---- our ViT ---------------------------------------------------------------------------------------------
+CFG = ViTConfig(image_size=28, in_chans=1, patch_size=7, depth=3, width=32, heads=4, num_classes=5)
+
+
+def images(n=4, cfg=CFG, seed=0):
+    return torch.randn(n, cfg.in_chans, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_vit_matches_timm_both_ways():
+    torch.manual_seed(0)
+    ref = timm.models.VisionTransformer(**timm_kwargs(CFG)).eval()
+    ours = VisionTransformer(CFG).eval()
+    ours.load_state_dict(state_dict_from_timm(ref.state_dict()))
+    x = images()
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+        timm_blocks = ref.forward_intermediates(x, norm=False, output_fmt="NLC", intermediates_only=True,
+                                                return_prefix_tokens=True)
+        timm_blocks = torch.stack([torch.cat([p, s], 1) for s, p in timm_blocks])
+        assert torch.allclose(ours.forward_intermediates(x), timm_blocks, atol=1e-5)
+        # the reverse direction: fresh weights of ours into a fresh timm model
+        torch.manual_seed(1)
+        ours2 = VisionTransformer(CFG).eval()
+        ref.load_state_dict(state_dict_to_timm(ours2.state_dict()))
+        assert torch.allclose(ours2(x), ref(x), atol=1e-5)
+        assert not torch.allclose(ours2(x), ours(x), atol=1e-3)  # the copy mattered
+
+
+def test_vit_readout_is_head_of_norm_of_every_cls():
+    torch.manual_seed(0)
+    model = VisionTransformer(CFG).eval()
+    x = images()
+    with torch.no_grad():
+        hidden = model.forward_intermediates(x)
+        assert hidden.shape == (3, 4, 17, 32)
+        logits = model.readout(hidden)
+        assert logits.shape == (3, 4, 5)
+        assert torch.allclose(logits[-1], model(x), atol=1e-6)
+        # independent computation, block by block
+        h = model.embed(x)
+        for l, block in enumerate(model.blocks):
+            h = block(h)
+            assert torch.allclose(logits[l], model.head(model.norm(h[:, 0])), atol=1e-6)
+        assert torch.allclose(model.readout(hidden[:, :, 0]), logits)  # CLS tokens alone give the same
+
+
+def test_vit_multi_exit_heads():
+    torch.manual_seed(0)
+    cfg = ViTConfig(**{**CFG.__dict__, "multi_exit": True})
+    model = VisionTransformer(cfg).eval()
+    plain = VisionTransformer(CFG)
+    L, C, d = cfg.depth, cfg.num_classes, cfg.width
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (L - 1) * (C * d + C)  # PAPER.md: the parameter saving of one shared classifier
+    x = images()
+    with torch.no_grad():
+        exits = model.exit_logits(x)
+        shared = model.readout(model.forward_intermediates(x))
+        assert exits.shape == (L, 4, C)
+        assert torch.allclose(exits[-1], model(x), atol=1e-6)
+        assert not torch.allclose(exits[0], shared[0], atol=1e-3)  # its own head, not the shared one
+        cls1 = model.norm(model.forward_intermediates(x)[0, :, 0])
+        assert torch.allclose(exits[0], model.exit_heads[0](cls1), atol=1e-6)
+    with pytest.raises(ValueError, match="multi_exit=True"):
+        plain.exit_logits(x)
+
+
+def test_vit_bad_input():
+    model = VisionTransformer(CFG)
+    with pytest.raises(ValueError, match=r"\(batch, 1, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"\(batch, 1, 28, 28\)"):
+        model(torch.randn(1, 28, 28))
+    with pytest.raises(ValueError, match="forward_intermediates"):
+        model.readout(torch.randn(3, 2, 17, 16))
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        ViTConfig(image_size=30, patch_size=7)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        ViTConfig(width=30, heads=4)
+
+
+def test_vit_save_and_load_model(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(CFG).eval()
+    model.save(tmp_path / "vit.pt")
+    adapter = load_model(tmp_path / "vit.pt")
+    assert isinstance(adapter, ViTAdapter) and adapter.num_layers == 3 and adapter.width == 32
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(adapter.logits(x), model(x))
+        hidden = adapter.hidden_states(x)
+        assert torch.allclose(adapter.readout(hidden)[-1], model(x), atol=1e-6)
+        assert torch.equal(adapter.layers(x, "cls"), model.forward_intermediates(x)[:, :, 0])
+        assert torch.equal(adapter.layers(x, "mean"), model.forward_intermediates(x)[:, :, 1:].mean(2))
+        assert torch.equal(adapter.layers(x, "cls", layers=[3, 1]), model.forward_intermediates(x)[[2, 0], :, 0])
+    assert "head(norm(h_l))" in adapter.describe()
+    no_norm = ViTAdapter(model, final_norm=False)
+    with torch.no_grad():
+        assert torch.allclose(no_norm.readout(hidden)[0], model.head(hidden.states[0, :, 0]))
+
+
+# ---- timm ViT / DeiT -------------------------------------------------------------------------------------
+TIMM_TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=7)
+
+
+@pytest.mark.parametrize("variant", ["vit", "deit_distilled", "avg_pool_no_cls"])
+def test_timm_adapter_from_saved_folder(tmp_path, variant):
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    arch, args = {"vit": ("vit_tiny_patch16_224", TIMM_TINY),
+                  "deit_distilled": ("deit_tiny_distilled_patch16_224", TIMM_TINY),
+                  "avg_pool_no_cls": ("vit_tiny_patch16_224", dict(TIMM_TINY, class_token=False, global_pool="avg")),
+                  }[variant]
+    model = timm.create_model(arch, pretrained=False, **args)
+    save_for_hf(model.eval(), tmp_path / variant, model_args=args)
+    adapter = load_model(tmp_path / variant)  # through timm's "local-dir:" loader
+    assert isinstance(adapter, TimmViTAdapter)
+    assert (adapter.num_layers, adapter.width, adapter.num_classes) == (3, 32, 7)
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        assert torch.allclose(adapter.logits(x), reference, atol=1e-6)  # the saved weights were loaded
+        hidden = adapter.hidden_states(x)
+        assert hidden.states.shape == (3, 5, 16 + model.num_prefix_tokens, 32)
+        assert torch.allclose(adapter.readout(hidden)[-1], reference, atol=1e-5)
+        # hidden states against running timm's blocks by hand
+        h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+        for l, block in enumerate(model.blocks):
+            h = block(h)
+            assert torch.allclose(hidden.states[l], h, atol=1e-6)
+        if variant == "avg_pool_no_cls":
+            with pytest.raises(ValueError, match="no class token"):
+                adapter.pool(hidden, "cls")
+        else:
+            assert torch.equal(adapter.pool(hidden, "cls"), hidden.states[:, :, 0])
+        assert torch.allclose(adapter.pool(hidden, "mean"), hidden.states[:, :, model.num_prefix_tokens:].mean(2))
+    with pytest.raises(ValueError, match=r"\(batch, 3, 32, 32\)"):
+        adapter.hidden_states(torch.randn(2, 3, 224, 224))
+
+
+# ---- Hugging Face encoders -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "albert", "electra"])
+def test_hf_encoder_readout_reproduces_logits(tmp_path, tokenizer, kind):
+    torch.manual_seed(0)
+    if kind == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=3, n_heads=2,
+                                               hidden_dim=64, num_labels=3, initializer_range=0.2)
+    elif kind in ("albert", "electra"):
+        config_class = transformers.AlbertConfig if kind == "albert" else transformers.ElectraConfig
+        config = config_class(vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                              num_attention_heads=2, intermediate_size=64, num_labels=3, initializer_range=0.2)
+    else:
+        config = tiny_text_config(kind, len(tokenizer))
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    adapter = load_model(save_hf(model, tokenizer, tmp_path / kind))
+    assert isinstance(adapter, HFEncoder)
+    assert (adapter.num_layers, adapter.width, adapter.num_classes) == (3, 32, 3)
+    with torch.no_grad():
+        enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        out = model(**enc, output_hidden_states=True)
+        hidden = adapter.hidden_states(TEXTS)
+        assert torch.allclose(hidden.states, torch.stack(out.hidden_states[1:]), atol=1e-6)
+        assert torch.equal(hidden.mask, enc["attention_mask"].bool())
+        logits = adapter.readout(hidden)
+        assert logits.shape == (3, 3, 3)
+        assert torch.allclose(logits[-1], out.logits, atol=1e-6)
+        assert torch.allclose(adapter.logits(TEXTS), out.logits, atol=1e-6)
+        assert not torch.allclose(logits[0], logits[-1], atol=1e-3)
+
+
+def test_hf_encoder_pooling_ignores_padding(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(tiny_text_config("bert", len(tokenizer))).eval()
+    adapter = adapt(model, tokenizer)
+    with torch.no_grad():
+        batch = {p: adapter.layers(TEXTS, p) for p in ("mean", "cls", "last")}
+        for i, text in enumerate(TEXTS):  # alone, without padding
+            enc = tokenizer([text], return_tensors="pt")
+            states = torch.stack(model.bert(**enc, output_hidden_states=True).hidden_states[1:])[:, 0]
+            assert torch.allclose(batch["mean"][:, i], states.mean(1), atol=1e-5)
+            assert torch.allclose(batch["cls"][:, i], states[:, 0], atol=1e-5)
+            assert torch.allclose(batch["last"][:, i], states[:, -1], atol=1e-5)  # [SEP]
+        tokens = adapter.layers(TEXTS, "tokens")
+        assert tokens.shape == (3, int(tokenizer(TEXTS, padding=True, return_tensors="pt")["attention_mask"].sum()), 32)
+
+
+# ---- Hugging Face causal LMs -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,norm_name", [("gpt2", "ln_f"), ("llama", "norm")])
+def test_causal_lm_readout_and_hidden_states(tmp_path, tokenizer, kind, norm_name):
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_text_config(kind, len(tokenizer))).eval()
+    adapter = load_model(save_hf(model, tokenizer, tmp_path / kind))
+    assert isinstance(adapter, HFCausalLM)
+    assert (adapter.num_layers, adapter.width, adapter.num_classes) == (3, 32, len(tokenizer))
+    assert adapter.readout_formula() == f"lm_head({norm_name}(h_l))"
+    norm = getattr(model.base_model, norm_name)
+    with torch.no_grad():
+        enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        out = model(**enc, output_hidden_states=True)
+        hidden = adapter.hidden_states(TEXTS)
+        reference = torch.stack(out.hidden_states[1:])
+        assert torch.allclose(hidden.states[:-1], reference[:-1], atol=1e-6)
+        # Hugging Face's last hidden state is after the final norm; ours is the raw block output
+        assert torch.allclose(norm(hidden.states[-1]), reference[-1], atol=1e-5)
+        assert not torch.allclose(hidden.states[-1], reference[-1], atol=1e-3)
+        logits = adapter.readout(hidden)
+        assert logits.shape == (3, 3, enc["input_ids"].shape[1], len(tokenizer))
+        real = enc["attention_mask"].bool()
+        assert torch.allclose(logits[-1][real], out.logits[real], atol=1e-5)
+        assert torch.allclose(logits[0], model.lm_head(norm(hidden.states[0])), atol=1e-6)
+        # the authors' GPT-2 variant: no final norm on hidden layers
+        raw = HFCausalLM(model, tokenizer, final_norm=False)
+        assert "skipped" in raw.readout_formula()
+        assert torch.allclose(raw.readout(hidden, layers=1)[0], model.lm_head(hidden.states[0]), atol=1e-6)
+        # every real position with a next token is a sample; its target is that next token
+        tokens = adapter.pool(hidden, "tokens")
+        assert tokens.shape[1] == int(real.sum()) - len(TEXTS)
+        ids = enc["input_ids"]
+        expected = torch.cat([ids[i, 1:int(real[i].sum())] for i in range(len(TEXTS))])
+        assert torch.equal(adapter.next_tokens(hidden), expected)
+        with pytest.raises(ValueError, match="no CLS token"):
+            adapter.pool(hidden, "cls")
+
+
+def test_hook_is_removed_and_train_state_restored(tokenizer):
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(tiny_text_config("gpt2", len(tokenizer)))
+    adapter = adapt(model, tokenizer)
+    ln_f = model.transformer.ln_f
+    model.train()
+    model.transformer.h[1].eval()  # a mixed state must come back as it was
+    flags = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+        adapter.hidden_states(TEXTS)
+    assert [m.training for m in model.modules()] == flags
+    assert len(ln_f._forward_pre_hooks) == 0 and len(ln_f._forward_hooks) == 0
+    # also when the forward pass fails inside the context
+    with pytest.raises(IndexError):
+        with eval_mode(model):
+            adapter.hidden_states({"input_ids": torch.tensor([[len(tokenizer) + 5]])})
+    assert [m.training for m in model.modules()] == flags
+    assert len(ln_f._forward_pre_hooks) == 0
+    with capture_input(ln_f) as seen:
+        model(**tokenizer(["hi"], return_tensors="pt"))
+    assert len(seen) == 1 and seen[0].shape == (1, 3, 32) and len(ln_f._forward_pre_hooks) == 0
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+def test_layer_index_out_of_range():
+    adapter = adapt(VisionTransformer(CFG))
+    x = images(2)
+    for bad in (0, 4, -1, [1, 5], 2.0):
+        with pytest.raises(ValueError, match=r"numbered 1\.\.3"):
+            adapter.layers(x, "cls", layers=bad)
+    with pytest.raises(ValueError, match=r"numbered 1\.\.3"):
+        adapter.readout(adapter.hidden_states(x), layers=[7])
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        adapter.layers(x, "max")
+
+
+def test_unknown_model_name_offline(tmp_path):
+    with pytest.raises(FileNotFoundError, match="local folder") as info:
+        load_model("no-such-org/no-such-model-xyz")
+    assert "minilm-l6" in str(info.value) and "offline" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="timm / Hugging Face hub"):
+        load_model("deit_tiny_patch16_224")  # a real timm name, but its weights are not cached here
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path / "empty")
+
+
+def test_model_without_recognisable_norm_or_head(tokenizer):
+    torch.manual_seed(0)
+    config = tiny_text_config("gpt2", len(tokenizer))
+    model = transformers.GPT2LMHeadModel(config)
+    model.transformer.final_ln = model.transformer.ln_f
+    del model.transformer.ln_f
+    with pytest.raises(ValueError, match="no final norm found .* norm=") as info:
+        adapt(model, tokenizer)
+    assert "ln_f" in str(info.value)
+    adapter = HFCausalLM(model, tokenizer, norm=model.transformer.final_ln)  # the documented way out
+    assert adapter.norm_module is model.transformer.final_ln
+    with pytest.raises(ValueError, match="AutoModelForCausalLM"):
+        adapt(transformers.GPT2Model(config), tokenizer)
+    with pytest.raises(ValueError, match="LayerAdapter"):
+        adapt(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    bare = adapt(transformers.BertModel(tiny_text_config("bert", len(tokenizer))), tokenizer)
+    with pytest.raises(ValueError, match="no classification head"):
+        bare.readout(bare.hidden_states(TEXTS))
+
+
+def test_text_adapter_rejects_wrong_input(tokenizer):
+    adapter = adapt(transformers.BertModel(tiny_text_config("bert", len(tokenizer))), tokenizer)
+    with pytest.raises(ValueError, match="list of strings"):
+        adapter.hidden_states(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="single string"):
+        adapter.hidden_states("just one string")
+    with pytest.raises(ValueError, match=r"\(batch, tokens\)"):
+        adapter.hidden_states({"input_ids": torch.tensor([1, 2, 3])})
+
+
+# ---- the offline pretrained models, for real -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm-l6")
+
+
+@pytest.mark.slow
+def test_minilm_offline(minilm):
+    assert (minilm.num_layers, minilm.width, minilm.num_classes) == (6, 384, None)
+    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    with torch.no_grad():
+        hidden = minilm.hidden_states(texts)
+        enc = minilm.tokenizer(texts, padding=True, return_tensors="pt")
+        out = minilm.model(**enc, output_hidden_states=True)
+        assert torch.allclose(hidden.states, torch.stack(out.hidden_states[1:]), atol=1e-6)
+        emb = torch.nn.functional.normalize(minilm.pool(hidden, "mean")[-1], dim=-1)  # sentence-transformers
+    sims = emb @ emb.T
+    assert sims[0, 1] > 0.6 and sims[0, 2] < 0.2  # paraphrase close, unrelated far: the weights are real
+    same = HFEncoder(minilm_path())  # the first version's constructor still works
+    with torch.no_grad():
+        assert torch.equal(same.layers(texts, "mean"), minilm.layers(texts, "mean"))
+    with_head = load_model("minilm-l6", num_labels=2)  # a fresh classification head on the real encoder
+    with torch.no_grad():
+        hidden = with_head.hidden_states(texts)
+        assert torch.allclose(with_head.readout(hidden)[-1], with_head.logits(texts), atol=1e-6)
+        assert torch.allclose(hidden.states, torch.stack(out.hidden_states[1:]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_smollm2_offline(smollm2):
+    assert (smollm2.num_layers, smollm2.width, smollm2.num_classes) == (30, 576, 49152)
+    assert smollm2.readout_formula() == "lm_head(norm(h_l))"
+    texts = ["The capital of France is", "One, two, three, four,"]
+    with torch.no_grad():
+        hidden = smollm2.hidden_states(texts)
+        enc = smollm2.encode(texts)
+        out = smollm2.model(**enc, output_hidden_states=True)
+        assert torch.allclose(hidden.states[:-1], torch.stack(out.hidden_states[1:-1]), atol=1e-5)
+        assert torch.allclose(smollm2.norm(hidden.states[-1]), out.hidden_states[-1], atol=1e-4)
+        last = smollm2.readout_vectors(smollm2.pool(hidden, "last"))  # (L, 2, V)
+        real = enc["attention_mask"].bool()
+        final = smollm2.readout(hidden, layers=[30])[0]
+        assert torch.allclose(final[real], out.logits[real], atol=1e-4)
+    words = [smollm2.tokenizer.decode(int(i)) for i in last[-1].argmax(-1)]
+    assert words == [" Paris", " five"]
