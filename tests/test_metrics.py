@@ -1,0 +1,520 @@
+"""Tests of layersim.metrics: known values, an independent numpy implementation, invariances,
+form / streaming / precision agreement, the readout helpers and bad input. Small n throughout."""
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import pdist, squareform
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+from layersim import metrics  # noqa: E402
+from layersim.metrics import (  # noqa: E402
+    MinibatchCKA,
+    StreamingCKA,
+    StreamingCOS,
+    StreamingMean,
+    cka,
+    cos_per_sample,
+    cos_similarity,
+    hsic,
+    layerwise_accuracy,
+    saturation_layer,
+    similarity_by_gap,
+    similarity_to_last,
+    trajectory_straightness,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures and an independent reference implementation (plain numpy, n x n matrices, no tricks)
+# ----------------------------------------------------------------------------------------------
+def layered_features(num_layers=5, n=60, d=8, seed=0, offset=0.0):
+    """(L, n, d) float64 features whose layers drift away from layer 1, like a residual stream."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    layers = [base]
+    for _ in range(num_layers - 1):
+        mix = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, dtype=torch.float64, generator=gen)
+        layers.append(layers[-1] @ mix + 0.4 * torch.randn(n, d, dtype=torch.float64, generator=gen))
+    return torch.stack(layers) + offset
+
+
+def np_linear_gram(x):
+    return x @ x.T
+
+
+def np_rbf_gram(x, threshold):
+    sq = squareform(pdist(x, "sqeuclidean"))
+    return np.exp(-sq / (2 * threshold**2 * np.median(sq)))
+
+
+def np_hsic(k, l, debiased):
+    n = k.shape[0]
+    if not debiased:
+        h = np.eye(n) - np.ones((n, n)) / n
+        return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    one = np.ones(n)
+    return (
+        np.trace(k @ l)
+        + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ k @ l @ one)
+    ) / (n * (n - 3))
+
+
+def np_cka(x, y, kernel="linear", debiased=False, threshold=0.5):
+    gram = np_linear_gram if kernel == "linear" else (lambda z: np_rbf_gram(z, threshold))
+    k, l = gram(x), gram(y)
+    return np_hsic(k, l, debiased) / math.sqrt(np_hsic(k, k, debiased) * np_hsic(l, l, debiased))
+
+
+# ----------------------------------------------------------------------------------------------
+# Known values (Kornblith et al. 2019, the authors' colab)
+# ----------------------------------------------------------------------------------------------
+def kornblith_data():
+    np.random.seed(1337)
+    x = np.random.randn(100, 10)
+    y = x + np.random.randn(100, 10)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "kernel, debiased, expected",
+    [("linear", False, 0.55761), ("rbf", False, 0.65483), ("linear", True, 0.51346)],
+)
+def test_kornblith_colab_values(kernel, debiased, expected):
+    x, y = kornblith_data()
+    value = cka([x], [y], kernel=kernel, debiased=debiased, threshold=0.5)
+    assert value.shape == (1, 1)
+    assert value.dtype == torch.float64
+    assert abs(value.item() - expected) < 1e-5
+
+
+def test_kornblith_values_match_numpy_reference():
+    x, y = kornblith_data()
+    for kernel, debiased in [("linear", False), ("rbf", False), ("linear", True), ("rbf", True)]:
+        ours = cka([x], [y], kernel=kernel, debiased=debiased).item()
+        assert ours == pytest.approx(np_cka(x, y, kernel, debiased), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement with the independent numpy implementation, every layer pair
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_all_pairs_match_numpy_reference(kernel, debiased):
+    feats = layered_features(num_layers=4, n=40, d=6, seed=1)
+    other = [torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + feats[0, :, :3],
+             feats[2, :, :5] * 2.0]
+    ours = cka(feats, other, kernel=kernel, debiased=debiased, threshold=0.8)
+    assert ours.shape == (4, 2)
+    for l in range(4):
+        for m in range(2):
+            expected = np_cka(feats[l].numpy(), other[m].numpy(), kernel, debiased, threshold=0.8)
+            assert ours[l, m].item() == pytest.approx(expected, abs=1e-10)
+
+
+def test_hsic_matches_numpy_reference():
+    feats = layered_features(num_layers=3, n=30, d=5, seed=3)
+    for debiased in (False, True):
+        ours = hsic(feats, debiased=debiased)
+        for l in range(3):
+            for m in range(3):
+                k, g = np_linear_gram(feats[l].numpy()), np_linear_gram(feats[m].numpy())
+                assert ours[l, m].item() == pytest.approx(np_hsic(k, g, debiased), rel=1e-9)
+
+
+def test_median_distance_matches_numpy_median_of_full_matrix():
+    for n in (9, 10):  # odd and even number of matrix entries
+        x = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+        sq = squareform(pdist(x.numpy(), "sqeuclidean"))
+        assert metrics._median_sq_distance(x).item() == pytest.approx(np.median(sq), rel=1e-6)
+
+
+def test_cos_matches_definition():
+    feats = layered_features(num_layers=3, n=25, d=4, seed=4)
+    for centered in (True, False):
+        ours = cos_similarity(feats, centered=centered)
+        f = feats.numpy()
+        if centered:
+            f = f - f.mean(axis=1, keepdims=True)
+        u = f / np.linalg.norm(f, axis=2, keepdims=True)
+        for l in range(3):
+            for m in range(3):
+                assert ours[l, m].item() == pytest.approx(np.mean(np.sum(u[l] * u[m], axis=1)), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Invariances and basic properties
+# ----------------------------------------------------------------------------------------------
+def random_orthogonal(d, seed):
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    return q
+
+
+@pytest.mark.parametrize("kernel, debiased", [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)])
+def test_cka_invariant_to_orthogonal_maps_scaling_and_shifts(kernel, debiased):
+    feats = layered_features(num_layers=3, n=50, d=6, seed=5)
+    base = cka(feats, kernel=kernel, debiased=debiased)
+    moved = torch.stack([3.7 * feats[l] @ random_orthogonal(6, 10 + l) + 5.0 * (l + 1) for l in range(3)])
+    assert torch.allclose(cka(moved, kernel=kernel, debiased=debiased), base, atol=1e-10)
+
+
+def test_cka_not_invariant_to_general_linear_maps():
+    feats = layered_features(num_layers=3, n=50, d=6, seed=6)
+    stretch = torch.diag(torch.tensor([10.0, 1.0, 1.0, 0.1, 0.1, 0.1], dtype=torch.float64))
+    moved = torch.stack([feats[0] @ stretch, feats[1], feats[2]])
+    assert (cka(moved)[0, 1:] - cka(feats)[0, 1:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kernel, debiased", [("linear", False), ("linear", True), ("rbf", False)])
+def test_cka_self_similarity_is_one_and_symmetric(kernel, debiased):
+    feats = layered_features(num_layers=4, n=40, d=5, seed=7)
+    sim = cka(feats, kernel=kernel, debiased=debiased)
+    assert torch.allclose(sim.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(sim, sim.T, atol=1e-12)
+    other = feats[[3, 1]]
+    assert torch.allclose(cka(feats, other, kernel=kernel, debiased=debiased),
+                          cka(other, feats, kernel=kernel, debiased=debiased).T, atol=1e-12)
+    if not debiased:
+        assert bool((sim >= 0).all()) and bool((sim <= 1 + 1e-12).all())
+
+
+def test_cka_of_a_layer_with_itself_across_stacks_is_one():
+    feats = layered_features(num_layers=3, n=30, d=4, seed=8)
+    assert cka(feats, feats[2:3])[2, 0].item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cos_invariances():
+    feats = layered_features(num_layers=3, n=40, d=5, seed=9)
+    scales = torch.rand(3, 40, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.1
+    # Uncentred COS ignores any positive rescaling of any sample at any layer.
+    assert torch.allclose(cos_similarity(feats * scales, centered=False), cos_similarity(feats, centered=False),
+                          atol=1e-12)
+    # Centred COS ignores a constant shift of a layer and a positive rescaling of a whole layer.
+    shifted = feats * torch.tensor([2.0, 0.5, 7.0], dtype=torch.float64)[:, None, None] + 3.0
+    assert torch.allclose(cos_similarity(shifted), cos_similarity(feats), atol=1e-12)
+    sim = cos_similarity(feats)
+    assert torch.allclose(sim.diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(sim, sim.T, atol=1e-12)
+    # ...but not a shift for the uncentred variant.
+    assert (cos_similarity(feats + 3.0, centered=False) - cos_similarity(feats, centered=False)).abs().max() > 1e-2
+
+
+def test_cos_per_sample_agrees_with_matrix_and_reference_layer():
+    feats = layered_features(num_layers=4, n=30, d=5, seed=10)
+    per_sample = cos_per_sample(feats)
+    assert per_sample.shape == (4, 4, 30)
+    assert torch.allclose(per_sample.mean(-1), cos_similarity(feats), atol=1e-12)
+    to_last = cos_per_sample(feats, feats[-1:], mean=feats.mean(1), other_mean=feats[-1:].mean(1))
+    assert to_last.shape == (4, 1, 30)
+    assert torch.allclose(to_last[:, 0], per_sample[:, -1], atol=1e-12)
+    assert bool((per_sample.abs() <= 1 + 1e-12).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# Gram form == feature form, chunking, precision, streaming
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("debiased", [False, True])
+def test_gram_form_equals_feature_form(debiased):
+    feats = layered_features(num_layers=4, n=35, d=6, seed=11, offset=2.0)
+    other = [feats[1, :, :2], torch.cat([feats[3], feats[0]], dim=1)]  # widths 2 and 12
+    for second in (None, other):
+        gram = metrics._cka(feats, second, debiased=debiased, form="gram")
+        feature = metrics._cka(feats, second, debiased=debiased, form="feature")
+        assert torch.allclose(gram, feature, atol=1e-10)
+        assert torch.allclose(hsic(feats, second, debiased=debiased, form="gram"),
+                              hsic(feats, second, debiased=debiased, form="feature"), rtol=1e-9)
+
+
+def test_form_choice_follows_the_shapes():
+    wide = metrics._as_stack(torch.randn(3, 20, 200))
+    tall = metrics._as_stack(torch.randn(3, 2000, 10))
+    assert metrics._choose_form(wide, None) == "gram"
+    assert metrics._choose_form(tall, None) == "feature"
+
+
+def test_chunked_paths_equal_single_chunk(monkeypatch):
+    feats = layered_features(num_layers=3, n=45, d=4, seed=12)
+    expected_rbf = cka(feats, kernel="rbf", debiased=True)
+    expected_cos = cos_similarity(feats)
+    monkeypatch.setattr(metrics, "_GRAM_CHUNK_BYTES", 8 * 45 * 3 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(metrics, "_COS_CHUNK_BYTES", 8 * 4 * 6 * 5)  # 5 samples per chunk
+    assert torch.allclose(cka(feats, kernel="rbf", debiased=True), expected_rbf, atol=1e-12)
+    assert torch.allclose(cos_similarity(feats), expected_cos, atol=1e-12)
+
+
+def test_rbf_median_subsample_is_deterministic_and_close(monkeypatch):
+    x = torch.randn(1500, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    exact = metrics._median_sq_distance(x)
+    monkeypatch.setattr(metrics, "_MEDIAN_MAX_SAMPLES", 500)
+    first, second = metrics._median_sq_distance(x), metrics._median_sq_distance(x)
+    assert first == second
+    assert first.item() == pytest.approx(exact.item(), rel=0.02)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_float32_input_within_1e4_of_float64(debiased):
+    feats = layered_features(num_layers=5, n=300, d=16, seed=14, offset=1.5)
+    for form in ("feature", "gram"):
+        f64 = metrics._cka(feats, debiased=debiased, form=form)
+        f32 = metrics._cka(feats.float(), debiased=debiased, form=form)
+        assert (f32 - f64).abs().max() < 1e-4
+    assert (cos_similarity(feats.float()) - cos_similarity(feats)).abs().max() < 1e-4
+    assert (cka(feats.float(), kernel="rbf") - cka(feats, kernel="rbf")).abs().max() < 1e-4
+
+
+def batches(n, sizes):
+    start = 0
+    for size in sizes:
+        yield slice(start, min(n, start + size))
+        start += size
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_streaming_cka_equals_in_memory(debiased):
+    feats = layered_features(num_layers=4, n=97, d=6, seed=15, offset=40.0)
+    other = [feats[2, :, :3] ** 2, feats[0] @ random_orthogonal(6, 3) + 0.3 * feats[3]]
+    sizes = [1, 30, 7, 40, 19]  # uneven, including a batch of one
+    streaming = StreamingCKA(debiased=debiased)
+    crossed = StreamingCKA(debiased=debiased)
+    for part in batches(97, sizes):
+        streaming.update(feats[:, part])
+        crossed.update(feats[:, part], [o[part] for o in other])
+    ragged = StreamingCKA(debiased=debiased)  # one stack of mixed widths, compared with itself
+    for part in batches(97, sizes):
+        ragged.update([o[part] for o in other] + [feats[1, part]])
+    assert streaming.n == crossed.n == ragged.n == 97
+    assert (streaming.compute() - cka(feats, debiased=debiased)).abs().max() < 1e-6
+    assert (crossed.compute() - cka(feats, other, debiased=debiased)).abs().max() < 1e-6
+    assert (ragged.compute() - cka(other + [feats[1]], debiased=debiased)).abs().max() < 1e-6
+    expected_hsic = hsic(feats, other, debiased=debiased)
+    assert ((crossed.hsic() - expected_hsic).abs() / expected_hsic.abs().max()).max() < 1e-6
+
+
+def test_streaming_cka_accepts_float32_and_numpy_batches():
+    feats = layered_features(num_layers=3, n=64, d=5, seed=16)
+    streaming = StreamingCKA()
+    for part in batches(64, [32, 32]):
+        streaming.update(feats[:, part].float().numpy())
+    assert (streaming.compute() - cka(feats)).abs().max() < 1e-5
+
+
+def test_streaming_cos_equals_in_memory():
+    feats = layered_features(num_layers=3, n=50, d=4, seed=17, offset=1.0)
+    mean = StreamingMean()
+    for part in batches(50, [20, 20, 10]):
+        mean.update(feats[:, part])
+    assert torch.allclose(mean.compute(), feats.mean(1), atol=1e-12)
+    centred = StreamingCOS(centered=True, mean=mean.compute())
+    plain = StreamingCOS(centered=False)
+    for part in batches(50, [20, 20, 10]):
+        centred.update(feats[:, part])
+        plain.update(feats[:, part])
+    assert torch.allclose(centred.compute(), cos_similarity(feats), atol=1e-12)
+    assert torch.allclose(plain.compute(), cos_similarity(feats, centered=False), atol=1e-12)
+
+
+def test_minibatch_cka_is_the_average_of_batch_hsic():
+    feats = layered_features(num_layers=3, n=60, d=5, seed=18)
+    one_batch = MinibatchCKA().update(feats)
+    assert torch.allclose(one_batch.compute(), cka(feats, debiased=True), atol=1e-12)
+    two = MinibatchCKA()
+    halves = [feats[:, :30], feats[:, 30:]]
+    for half in halves:
+        two.update(half)
+    mean_hsic = sum(hsic(h, debiased=True) for h in halves) / 2
+    expected = mean_hsic / torch.sqrt(mean_hsic.diagonal()[:, None] * mean_hsic.diagonal()[None, :])
+    assert torch.allclose(two.compute(), expected, atol=1e-12)
+    assert not torch.allclose(two.compute(), cka(feats, debiased=True), atol=1e-6)
+
+
+def test_same_input_same_numbers():
+    feats = layered_features(num_layers=3, n=40, d=5, seed=19)
+    for kwargs in ({}, {"kernel": "rbf"}, {"debiased": True}):
+        assert torch.equal(cka(feats, **kwargs), cka(feats.clone(), **kwargs))
+
+
+def test_input_types_and_dtypes():
+    feats = layered_features(num_layers=3, n=30, d=4, seed=20)
+    expected = cka(feats)
+    assert torch.allclose(cka(feats.numpy()), expected, atol=1e-12)
+    assert torch.allclose(cka(list(feats.numpy())), expected, atol=1e-12)
+    assert torch.allclose(cka(tuple(feats.unbind(0))), expected, atol=1e-12)
+    assert (cka(feats.half()) - expected).abs().max() < 1e-2
+    assert cka(torch.randint(0, 5, (2, 30, 4))).dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerics: negative debiased values, no NaN on hard but valid input
+# ----------------------------------------------------------------------------------------------
+def test_debiased_cka_can_be_negative_but_biased_cannot():
+    gen = torch.Generator().manual_seed(21)
+    independent = torch.randn(8, 12, 3, dtype=torch.float64, generator=gen)
+    debiased = cka(independent, debiased=True)
+    biased = cka(independent)
+    assert bool((debiased < 0).any())
+    assert bool((biased >= 0).all())
+    assert bool(torch.isfinite(debiased).all())
+
+
+def test_no_nan_for_hard_valid_input():
+    gen = torch.Generator().manual_seed(22)
+    feats = torch.randn(3, 20, 4, dtype=torch.float64, generator=gen)
+    feats[1, 0] = 0.0  # one all-zero sample: its uncentred cosine is defined as 0
+    uncentred = cos_similarity(feats, centered=False)
+    assert bool(torch.isfinite(uncentred).all())
+    assert cos_per_sample(feats, centered=False)[0, 1, 0].item() == 0.0
+    # A layer with a huge common offset and a tiny spread, and one with a huge outlier dimension.
+    feats[0] = 1e6 + 1e-3 * feats[0]
+    feats[2, :, 0] *= 1e5
+    for kwargs in ({}, {"debiased": True}, {"kernel": "rbf"}):
+        assert bool(torch.isfinite(cka(feats, **kwargs)).all())
+    assert bool(torch.isfinite(cos_similarity(feats)).all())
+    # Minimal sample counts.
+    assert bool(torch.isfinite(cka(feats[:, :4], debiased=True)).all())
+    assert bool(torch.isfinite(cka(feats[:, :2])).all())
+
+
+def test_large_offset_does_not_change_cka_in_float64():
+    feats = layered_features(num_layers=3, n=80, d=5, seed=23)
+    assert (cka(feats + 1e4) - cka(feats)).abs().max() < 1e-8
+    assert (cka(feats + 1e4, debiased=True) - cka(feats, debiased=True)).abs().max() < 1e-8
+
+
+# ----------------------------------------------------------------------------------------------
+# Readout helpers
+# ----------------------------------------------------------------------------------------------
+def test_saturation_layer_hand_built():
+    preds = torch.tensor(
+        [
+            [0, 1, 2, 5],
+            [1, 1, 2, 3],
+            [1, 0, 2, 4],
+            [1, 1, 2, 4],
+        ]
+    )
+    # sample 0 settles at layer 2; sample 1 changes at layer 3, so 4; sample 2 never changes: 1;
+    # sample 3 agrees at layers 3 and 4: 3.
+    result = saturation_layer(preds)
+    assert result.tolist() == [2, 4, 1, 3]
+    assert result.dtype == torch.int64
+    assert saturation_layer(preds.numpy()).tolist() == [2, 4, 1, 3]
+    logits = torch.nn.functional.one_hot(preds, num_classes=6).double()
+    assert saturation_layer(logits).tolist() == [2, 4, 1, 3]
+    assert saturation_layer(torch.tensor([[3, 1]])).tolist() == [1, 1]  # one layer: settles at once
+
+
+def test_layerwise_accuracy_hand_built():
+    preds = torch.tensor([[0, 1, 1, 0], [0, 1, 2, 2], [1, 1, 2, 3]])
+    labels = torch.tensor([0, 1, 2, 3])
+    assert layerwise_accuracy(preds, labels).tolist() == [0.5, 0.75, 0.75]
+    logits = torch.nn.functional.one_hot(preds, num_classes=4).float()
+    assert layerwise_accuracy(logits, labels.numpy()).tolist() == [0.5, 0.75, 0.75]
+
+
+def test_similarity_helpers_hand_built():
+    sim = torch.tensor([[1.0, 0.8, 0.3], [0.8, 1.0, 0.6], [0.3, 0.6, 1.0]])
+    assert similarity_to_last(sim).tolist() == pytest.approx([0.3, 0.6, 1.0])
+    assert similarity_by_gap(sim).tolist() == pytest.approx([1.0, 0.7, 0.3])
+    assert similarity_to_last(np.array([[1.0, 0.2], [0.5, 0.9]])).tolist() == pytest.approx([0.2, 0.9])
+
+
+def test_trajectory_straightness_hand_built():
+    straight = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[3.0, 0.0]]])
+    corner = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]])
+    back = torch.tensor([[[0.0, 0.0]], [[2.0, 1.0]], [[0.0, 0.0]]])
+    still = torch.zeros(3, 1, 2)
+    feats = torch.cat([straight, corner, back, still], dim=1)  # (3 layers, 4 samples, 2)
+    assert trajectory_straightness(feats).tolist() == pytest.approx([1.0, 1 / math.sqrt(2), 0.0, 1.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear ValueError naming the problem (and the layer)
+# ----------------------------------------------------------------------------------------------
+def good():
+    return layered_features(num_layers=3, n=20, d=4, seed=24)
+
+
+@pytest.mark.parametrize("function", [cka, cos_similarity])
+def test_bad_shapes(function):
+    with pytest.raises(ValueError, match="n=20 samples but other has n=19"):
+        function(good(), good()[:, :19])
+    with pytest.raises(ValueError, match=r"ndim=2.*x\[None\]"):
+        function(good()[0])
+    with pytest.raises(ValueError, match="ndim=4"):
+        function(good()[None])
+    with pytest.raises(ValueError, match="layer 2 has 19 samples"):
+        function([good()[0], good()[1, :19]])
+    with pytest.raises(ValueError, match="empty"):
+        function([])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_name_the_layer(bad):
+    feats = good()
+    feats[1, 3, 2] = bad
+    for call in (lambda: cka(feats), lambda: cos_similarity(feats), lambda: cka(good(), feats),
+                 lambda: StreamingCKA().update(feats)):
+        with pytest.raises(ValueError, match="layer 2 contains NaN or Inf"):
+            call()
+
+
+def test_constant_layer_names_the_layer():
+    feats = good()
+    feats[2] = 0.7
+    for kwargs in ({}, {"debiased": True}, {"kernel": "rbf"}):
+        with pytest.raises(ValueError, match="layer 3 is constant"):
+            cka(feats, **kwargs)
+    with pytest.raises(ValueError, match="other layer 3 is constant"):
+        cka(good(), feats)
+    with pytest.raises(ValueError, match="layer 3 is constant"):
+        cos_similarity(feats)
+    assert bool(torch.isfinite(cos_similarity(feats, centered=False)).all())  # plain cosine is defined
+    streaming = StreamingCKA()
+    for part in batches(20, [8, 12]):
+        streaming.update(feats[:, part])
+    with pytest.raises(ValueError, match="layer 3 is constant across all streamed samples"):
+        streaming.compute()
+
+
+def test_too_few_samples():
+    with pytest.raises(ValueError, match="n >= 4"):
+        cka(good()[:, :3], debiased=True)
+    with pytest.raises(ValueError, match="n >= 4"):
+        StreamingCKA(debiased=True).update(good()[:, :3]).compute()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        cka(good()[:, :1])
+
+
+def test_bad_options_and_helpers():
+    with pytest.raises(ValueError, match="kernel must be"):
+        cka(good(), kernel="cosine")
+    with pytest.raises(ValueError, match="threshold"):
+        cka(good(), kernel="rbf", threshold=0.0)
+    with pytest.raises(ValueError, match="no feature-space form"):
+        hsic(good(), kernel="rbf", form="feature")
+    with pytest.raises(ValueError, match="same width"):
+        cos_similarity([good()[0], good()[1, :, :3]])
+    with pytest.raises(ValueError, match="pass mean="):
+        StreamingCOS(centered=True)
+    with pytest.raises(ValueError, match="every update"):
+        StreamingCKA().update(good()).update(good(), good())
+    with pytest.raises(ValueError, match="widths"):
+        StreamingCKA().update(good()).update(good()[:, :, :3])
+    with pytest.raises(ValueError, match="integer class predictions"):
+        saturation_layer(torch.rand(3, 5))
+    with pytest.raises(ValueError, match="ndim=1"):
+        saturation_layer(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(n,\)"):
+        layerwise_accuracy(torch.zeros(3, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="square"):
+        similarity_by_gap(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        trajectory_straightness(good()[:1])
