@@ -45,6 +45,8 @@ def test_02_cos_vs_cka_smoke(smoke_runs):
     assert all(a < b for a, b in zip(cos_last, cos_last[1:]))
     assert 0.15 < cos_last[0] < 0.5
     assert n["spearman_cos_cka"] >= 0.9
+    gap = n["cos_by_gap"]  # claim 2: closer layers are more similar
+    assert gap[0] == pytest.approx(1.0) and all(a > b for a, b in zip(gap, gap[1:]))
     assert all(c["passed"] for c in r.metrics["checks"]), r.metrics["checks"]
     for ext in ("png", "pdf"):
         assert (r.output_dir / f"cos_vs_cka.{ext}").stat().st_size > 1000
