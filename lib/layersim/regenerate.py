@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import yaml
 from tqdm.auto import tqdm
 
+from .data import repo_root
 from .record import METRICS_FILE, atomic_write_text
 
 PROFILES = ("smoke", "default", "paper")
@@ -38,10 +39,6 @@ RUNNER_PARAMETERS = ("output_dir",)  # set by the runner, not by a profile
 
 class ProfileError(ValueError):
     """A profile that cannot run: unknown notebook or parameter, missing file, bad YAML."""
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def default_notebooks_dir() -> Path:
