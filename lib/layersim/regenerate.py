@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import yaml
 from tqdm.auto import tqdm
 
-from .data import repo_root
+from .storage import repo_root
 from .record import METRICS_FILE, atomic_write_text
 
 PROFILES = ("smoke", "default", "paper")

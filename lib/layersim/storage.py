@@ -1,0 +1,220 @@
+"""Where things live on disk and how they are written: the one place for paths, atomic writes, locks and
+content hashes. Every module that writes a file (cache entries, checkpoints, reports, figures) goes
+through here, so a reader never sees half a file and a crash never leaves a half-written result in place.
+
+- `repo_root()`, `default_cache_dir()`: the checkout and its git-ignored cache (``$LAYERSIM_CACHE``).
+- `atomic_write_bytes`, `atomic_write_text`, `atomic_save` (torch.save), `atomic_savefig`: write to a
+  temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target.
+- `atomic_folder(target)`: build a folder under a temporary name, rename it into place when the block ends
+  without error (a reader sees the whole folder or none).
+- `file_lock(path)`: an exclusive advisory lock (fcntl) so that of two processes asking for the same
+  expensive result one computes and the other waits, then reuses it.
+- `hash_tensor`, `weights_fingerprint`, `stable_hash`: blake2b content hashes for cache keys.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+# trash older than this is left over from a killed remover; temporary entries are judged by their writer's pid
+STALE_AFTER_S = 60.0
+
+
+# ---- paths ---------------------------------------------------------------------------------------------
+def repo_root() -> Path:
+    """The checkout this package lives in (lib/layersim/ -> the repository root)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def default_cache_dir() -> Path:
+    """$LAYERSIM_CACHE, else data/cache/ in the checkout (git-ignored)."""
+    env = os.environ.get("LAYERSIM_CACHE")
+    return Path(env) if env else repo_root() / "data" / "cache"
+
+
+# ---- atomic writes -------------------------------------------------------------------------------------
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, mode: int = 0o644) -> Path:
+    """Call ``write(tmp_path)`` to create a temporary file next to `path`, then rename it over `path`.
+
+    The file is flushed to disk before the rename; on any error (or KeyboardInterrupt) the temporary file
+    is removed and `path` keeps its previous content. `mode` is the permission of the result (0644, like
+    any file a user creates, not mkstemp's 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON with `allow_nan=False`: a NaN or infinity in `obj` is an error, never invalid JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)``, atomically."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig(path)``, atomically (the format is taken from `path`'s suffix)."""
+    path = Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs))
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `target`; when the block ends without error, rename it to `target`.
+
+    If `target` appeared in the meantime (another process finished first) the new folder is discarded and
+    the existing one kept. On error the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:  # target exists and is not empty: keep the one that was there first
+            pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_folder(folder: str | os.PathLike) -> None:
+    """Move a folder aside (atomic, so no reader sees it half deleted), then delete it."""
+    folder = Path(folder)
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(folder: str | os.PathLike, *, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove temporary files/folders and trash left in `folder` by writers that were killed.
+
+    An entry named ``.tmp-*-<pid>-<id>`` or ``.trash-*-<pid>-<id>`` is removed when its writer's process
+    is gone, or (pid unknown) when it is older than `older_than_s`. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.iterdir():
+        if not entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            continue
+        parts = entry.name.rsplit("-", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        try:
+            age = now - entry.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        stale = (pid is not None and pid != os.getpid() and not _pid_alive(pid)) or (
+            pid is None and age > older_than_s) or (entry.name.startswith(TRASH_PREFIX) and age > older_than_s)
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) for the duration of the block.
+
+    Two processes (two notebooks, two ranks of a job) that compute the same cached result take the lock
+    around "check the cache, else compute and write": one computes, the other waits and then finds it.
+    The lock is released when the process dies, so a killed holder never blocks the others.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# ---- content hashes ------------------------------------------------------------------------------------
+def hash_tensor(digest, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes into a hashlib digest."""
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel():
+        digest.update(flat.view(torch.uint8).numpy())
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """blake2b hash of every parameter and buffer (name, dtype, shape, bytes) of `model`."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:".encode())
+        hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """blake2b hash of a JSON-serialisable object (keys sorted): the key of a cache entry."""
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
