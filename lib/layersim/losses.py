@@ -1,0 +1,282 @@
+"""Training objectives over every layer: standard, aligned (one shared classifier) and multi-exit.
+
+Each objective is a weighted sum over layers l = 1..L of the cross-entropy of a *reader* applied to the
+pooled representation of layer l (PAPER.md, "Aligned loss" and "Multi-exit baseline"):
+
+    loss = sum_l  w_l * CE(reader_l(v_l), y)
+
+- **standard**: w = (0, ..., 0, 1): only the model's own prediction (layer L) is trained.
+- **aligned**: the model's own last-layer classifier (incl. its final norm) reads every layer,
+  w_l = 2l / (L(L+1)) by default (`aligned_weights`); "uniform" and user-given weights are options.
+- **multi_exit**: layers 1..L-1 have a freshly initialised head each, layer L the model's own head,
+  w_l = 1/L.
+
+Layers whose weight is 0 are not read out at all: no logits, no gradient through them (so "aligned with
+all weight on the last layer" *is* the standard loss, to the bit).
+
+Two levels, both usable in any training loop:
+
+- plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), readers, targets,
+  weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`;
+- objectives on a layersim adapter (our ViT, timm ViT/DeiT, Hugging Face encoders and causal LMs), which
+  only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``readout_vectors``, and for
+  multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
+
+>>> hidden = adapter.hidden_states(images)
+>>> out = AlignedLoss(adapter.num_layers)(adapter, hidden, labels)
+>>> out.loss.backward()            # out.per_layer: (L,) each layer's cross-entropy (NaN where w_l = 0)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OBJECTIVES = ("standard", "aligned", "multi_exit")
+WEIGHT_SCHEMES = ("linear", "uniform", "last")
+
+Reader = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---- layer weights -------------------------------------------------------------------------------------
+def aligned_weights(num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "linear") -> torch.Tensor:
+    """Loss weights lambda_1..lambda_L of the layers, an (L,) float32 tensor summing to 1.
+
+    scheme:
+      - "linear" (the paper's): lambda_l = 2l / (L(L+1)), growing linearly with depth;
+      - "uniform": 1/L each (the multi-exit baseline's weights);
+      - "last": (0, ..., 0, 1), i.e. the standard objective;
+      - a sequence (or tensor) of L non-negative finite numbers, not all zero: normalised to sum to 1.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    L = num_layers
+    if isinstance(scheme, str):
+        if scheme == "linear":
+            return torch.arange(1, L + 1, dtype=torch.float64).mul(2.0 / (L * (L + 1))).float()
+        if scheme == "uniform":
+            return torch.full((L,), 1.0 / L)
+        if scheme == "last":
+            w = torch.zeros(L)
+            w[-1] = 1.0
+            return w
+        raise ValueError(f"unknown weight scheme {scheme!r}: use one of {WEIGHT_SCHEMES} or a sequence of "
+                         f"{L} non-negative weights")
+    try:
+        w = torch.as_tensor(scheme, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"weights must be a scheme name {WEIGHT_SCHEMES} or a sequence of numbers, "
+                        f"got {scheme!r}") from e
+    if w.dim() != 1 or w.numel() != L:
+        raise ValueError(f"expected {L} layer weights (one per layer 1..{L}), got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"layer weights must be finite and >= 0, got {w.tolist()}")
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError("layer weights are all zero: at least one layer must have a positive weight")
+    return (w / total).float()
+
+
+def objective_weights(objective: str, num_layers: int,
+                      scheme: Union[str, Sequence[float], torch.Tensor, None] = None) -> torch.Tensor:
+    """(L,) weights of an objective: standard -> "last", aligned -> `scheme` (default "linear"),
+    multi_exit -> `scheme` (default "uniform", the baseline's 1/L)."""
+    check_objective(objective)
+    if objective == "standard":
+        if scheme not in (None, "last"):
+            raise ValueError(f"the standard objective trains the last layer only; layer weights {scheme!r} "
+                             "only apply to objective 'aligned' or 'multi_exit'")
+        return aligned_weights(num_layers, "last")
+    default = "linear" if objective == "aligned" else "uniform"
+    return aligned_weights(num_layers, default if scheme is None else scheme)
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+# ---- losses on tensors ---------------------------------------------------------------------------------
+@dataclass
+class LayerLoss:
+    """loss: the weighted sum (a scalar with its graph); per_layer: (L,) detached cross-entropy of every
+    layer, NaN for layers with weight 0 (not computed); weights: (L,) the weights used."""
+
+    loss: torch.Tensor
+    per_layer: torch.Tensor
+    weights: torch.Tensor
+
+
+def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0,
+                        ignore_index: int = -100) -> torch.Tensor:
+    """(L, n, C) logits of n samples at L layers, (n,) class targets -> (L,) mean cross-entropy per layer.
+
+    Samples whose target is `ignore_index` are left out of every mean (as in ``F.cross_entropy``).
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits of shape (layers, samples, classes), got {tuple(logits.shape)}")
+    L, n, C = logits.shape
+    if targets.shape != (n,):
+        raise ValueError(f"expected targets of shape ({n},) for logits {tuple(logits.shape)}, got "
+                         f"{tuple(targets.shape)}")
+    flat = F.cross_entropy(logits.reshape(L * n, C), targets.repeat(L), reduction="none",
+                           label_smoothing=label_smoothing, ignore_index=ignore_index).view(L, n)
+    kept = (targets != ignore_index).sum()
+    if int(kept) == 0:
+        raise ValueError("every target equals ignore_index: nothing to train on")
+    return flat.sum(1) / kept
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, *,
+                           label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
+    """sum_l weights[l] * CE(logits[l], targets): (L, n, C), (n,), (L,) -> scalar."""
+    per_layer = layer_cross_entropy(logits, targets, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    return (weights.to(per_layer) * per_layer).sum()
+
+
+def readout_layer_losses(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, *,
+                         label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
+    """(L', n, d) vectors read by one `reader` (..., d) -> (..., C) -> (L',) per-layer cross-entropy.
+
+    This is the one place where logits are formed: a memory-efficient chunked linear + cross-entropy for
+    large vocabularies (causal LMs) replaces this function, keeping its signature.
+    """
+    return layer_cross_entropy(reader(vectors), targets, label_smoothing=label_smoothing,
+                               ignore_index=ignore_index)
+
+
+def readout_cross_entropy(vectors: torch.Tensor, readers: Union[Reader, Sequence[Reader]], targets: torch.Tensor,
+                          weights: torch.Tensor, *, label_smoothing: float = 0.0,
+                          ignore_index: int = -100) -> LayerLoss:
+    """The layer-wise objective on pooled vectors: sum_l weights[l] * CE(readers[l](vectors[l]), targets).
+
+    vectors: (L, n, d) one vector per sample and layer (layer-first).
+    readers: one callable for every layer (the shared last-layer classifier: aligned / standard) or a list
+      of L callables (multi-exit heads), each (..., d) -> (..., C).
+    targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
+    Returns a `LayerLoss`.
+    """
+    if vectors.dim() != 3:
+        raise ValueError(f"expected vectors of shape (layers, samples, width), got {tuple(vectors.shape)}")
+    L = vectors.shape[0]
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    if weights.shape != (L,):
+        raise ValueError(f"expected {L} layer weights for vectors of {L} layers, got shape {tuple(weights.shape)}")
+    shared = callable(readers)
+    if not shared:
+        readers = list(readers)
+        if len(readers) != L:
+            raise ValueError(f"expected {L} readers (one per layer), got {len(readers)}")
+    selected = [l for l in range(L) if float(weights[l]) != 0.0]
+    if not selected:
+        raise ValueError("every layer weight is 0: nothing to train")
+    per_layer = torch.full((L,), math.nan)
+    kwargs = dict(label_smoothing=label_smoothing, ignore_index=ignore_index)
+    if shared:
+        index = selected if len(selected) < L else slice(None)  # all layers: no copy
+        losses = readout_layer_losses(vectors[index], readers, targets, **kwargs)
+    else:
+        losses = torch.cat([readout_layer_losses(vectors[l:l + 1], readers[l], targets, **kwargs)
+                            for l in selected])
+    w = weights[selected].to(device=losses.device, dtype=losses.dtype)
+    per_layer[selected] = losses.detach().float().cpu()
+    return LayerLoss((w * losses).sum(), per_layer, weights)
+
+
+# ---- objectives on adapters ----------------------------------------------------------------------------
+class LayerwiseObjective(nn.Module):
+    """Base class: ``objective(adapter, hidden, labels) -> LayerLoss`` for any layersim adapter.
+
+    hidden: the ``Hidden`` returned by ``adapter.hidden_states(batch)``; labels: (B,) class labels (ignored
+    by a causal LM, whose targets are the next tokens). The pooled vectors are those of the adapter's own
+    readout (``adapter.pool(hidden, adapter.readout_pooling)``), the targets ``adapter.targets(hidden,
+    labels)``. A subclass says which readers read the layers.
+    """
+
+    name = "?"
+
+    def __init__(self, weights: torch.Tensor, *, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def num_layers(self) -> int:
+        return self.weights.numel()
+
+    def readers(self, adapter) -> Union[Reader, list]:
+        return adapter.readout_vectors
+
+    def forward(self, adapter, hidden, labels) -> LayerLoss:
+        if adapter.num_layers != self.num_layers:
+            raise ValueError(f"this {self.name} objective was built for {self.num_layers} layers, the model has "
+                             f"{adapter.num_layers}")
+        vectors = adapter.pool(hidden, adapter.readout_pooling)
+        targets = adapter.targets(hidden, labels)
+        return readout_cross_entropy(vectors, self.readers(adapter), targets, self.weights,
+                                     label_smoothing=self.label_smoothing)
+
+
+class StandardLoss(LayerwiseObjective):
+    """Cross-entropy of the model's own prediction (layer L) only."""
+
+    name = "standard"
+
+    def __init__(self, num_layers: int, *, label_smoothing: float = 0.0):
+        super().__init__(aligned_weights(num_layers, "last"), label_smoothing=label_smoothing)
+
+
+class AlignedLoss(LayerwiseObjective):
+    """The model's own last-layer classifier (with its final norm) on every layer, weighted by `scheme`
+    (default lambda_l = 2l / (L(L+1)); see `aligned_weights`)."""
+
+    name = "aligned"
+
+    def __init__(self, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "linear", *,
+                 label_smoothing: float = 0.0):
+        super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
+
+
+class MultiExitLoss(LayerwiseObjective):
+    """One head per layer (``heads.readers(adapter)``: layers 1..L-1 their own, layer L the model's head),
+    weighted 1/L by default. The heads are a submodule, so ``objective.parameters()`` includes them."""
+
+    name = "multi_exit"
+
+    def __init__(self, heads: nn.Module, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "uniform",
+                 *, label_smoothing: float = 0.0):
+        super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
+        if not hasattr(heads, "readers"):
+            raise TypeError(f"heads must be an ExitHeads (with .readers(adapter)), got {type(heads).__name__}")
+        self.heads = heads
+
+    def readers(self, adapter):
+        return self.heads.readers(adapter)
+
+
+def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[float], None] = None,
+                   heads: nn.Module | None = None, label_smoothing: float = 0.0) -> LayerwiseObjective:
+    """The objective named `objective` ("standard" | "aligned" | "multi_exit") for `adapter`.
+
+    weights: the layer weights (see `aligned_weights`; default linear for aligned, uniform for multi_exit).
+    heads: the exit heads of a multi-exit model (default ``ExitHeads.for_adapter(adapter)``: fresh heads,
+    or for our ViT built with ``multi_exit=True`` its own).
+    """
+    check_objective(objective)
+    L = adapter.num_layers
+    w = objective_weights(objective, L, weights)
+    if objective == "standard":
+        return StandardLoss(L, label_smoothing=label_smoothing)
+    if objective == "aligned":
+        return AlignedLoss(L, w, label_smoothing=label_smoothing)
+    if heads is None:
+        from .models import ExitHeads
+
+        heads = ExitHeads.for_adapter(adapter)
+    return MultiExitLoss(heads, L, w, label_smoothing=label_smoothing)

@@ -1,0 +1,208 @@
+"""The standard, aligned and multi-exit objectives against hand-written cross-entropies."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layersim.losses import (AlignedLoss, MultiExitLoss, StandardLoss, aligned_weights, layer_cross_entropy,
+                             objective_weights, readout_cross_entropy, weighted_cross_entropy)
+from layersim.models import VisionTransformer, ViTConfig
+
+CFG = ViTConfig(image_size=28, in_chans=1, patch_size=7, depth=4, width=32, heads=4, num_classes=5)
+
+
+def vit(multi_exit=False, seed=0):
+    torch.manual_seed(seed)
+    return VisionTransformer(CFG, multi_exit=multi_exit)
+
+
+def batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def shared_reader(model):
+    return lambda v: model.head(model.norm(v))
+
+
+# ---- weights -------------------------------------------------------------------------------------------
+def test_aligned_weights_schemes():
+    w = aligned_weights(6)
+    assert w.dtype == torch.float32 and w.shape == (6,)
+    assert torch.allclose(w, torch.tensor([2 * l / 42 for l in range(1, 7)]))
+    assert math.isclose(float(w.sum()), 1.0, abs_tol=1e-6)
+    assert torch.all(w[1:] > w[:-1])  # grows with depth
+    assert torch.equal(aligned_weights(4, "uniform"), torch.full((4,), 0.25))
+    assert torch.equal(aligned_weights(3, "last"), torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(aligned_weights(3, [1, 1, 2]), torch.tensor([0.25, 0.25, 0.5]))
+    assert torch.allclose(aligned_weights(2, torch.tensor([3.0, 1.0])), torch.tensor([0.75, 0.25]))
+    assert torch.equal(aligned_weights(1), torch.tensor([1.0]))
+    assert torch.equal(objective_weights("standard", 3), torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.equal(objective_weights("multi_exit", 4), torch.full((4,), 0.25))
+    assert torch.allclose(objective_weights("aligned", 3), torch.tensor([1 / 6, 2 / 6, 3 / 6]))
+
+
+@pytest.mark.parametrize("num_layers, scheme, match", [
+    (0, "linear", "positive int"), (3, "quadratic", "unknown weight scheme"), (3, [1, 2], "expected 3 layer weights"),
+    (2, [1, -1], ">= 0"), (2, [1, float("nan")], "finite"), (2, [0, 0], "all zero"),
+])
+def test_aligned_weights_bad_input(num_layers, scheme, match):
+    with pytest.raises(ValueError, match=match):
+        aligned_weights(num_layers, scheme)
+
+
+def test_objective_names_are_checked():
+    with pytest.raises(ValueError, match="unknown objective 'align'"):
+        objective_weights("align", 3)
+    with pytest.raises(ValueError, match="trains the last layer only"):
+        objective_weights("standard", 3, "linear")
+
+
+# ---- values --------------------------------------------------------------------------------------------
+def test_layer_cross_entropy_matches_per_layer_f_cross_entropy_with_ignored_targets():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 8, 4, generator=g)
+    y = torch.randint(0, 4, (8,), generator=g)
+    y[2] = -100
+    per_layer = layer_cross_entropy(logits, y, label_smoothing=0.1)
+    expected = torch.stack([F.cross_entropy(logits[l], y, label_smoothing=0.1) for l in range(3)])
+    assert torch.allclose(per_layer, expected, atol=1e-6)
+    w = torch.tensor([0.2, 0.3, 0.5])
+    assert torch.allclose(weighted_cross_entropy(logits, y, w), (w * layer_cross_entropy(logits, y)).sum())
+    with pytest.raises(ValueError, match=r"targets of shape \(8,\)"):
+        layer_cross_entropy(logits, y[:5])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_aligned_equals_hand_written_sum_of_layer_cross_entropies(smoothing):
+    model, (x, y) = vit(), batch()
+    cls = model.forward_intermediates(x)[:, :, 0]  # (L, n, d)
+    out = readout_cross_entropy(cls, shared_reader(model), y, aligned_weights(4), label_smoothing=smoothing)
+    L = 4
+    expected = sum(2 * l / (L * (L + 1)) * F.cross_entropy(model.head(model.norm(cls[l - 1])), y,
+                                                           label_smoothing=smoothing) for l in range(1, L + 1))
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert not torch.isnan(out.per_layer).any()
+    # the per-layer values are the layers' own cross-entropies
+    assert torch.allclose(out.per_layer[0], F.cross_entropy(model.head(model.norm(cls[0])), y,
+                                                            label_smoothing=smoothing).detach(), atol=1e-6)
+
+
+def test_standard_is_the_models_own_cross_entropy_and_aligned_with_last_weight_equals_it_exactly():
+    model, (x, y) = vit(), batch()
+    cls = model.forward_intermediates(x)[:, :, 0]
+    standard = readout_cross_entropy(cls, shared_reader(model), y, aligned_weights(4, "last"))
+    assert torch.allclose(standard.loss, F.cross_entropy(model(x), y), atol=1e-6)
+    aligned_last = readout_cross_entropy(cls, shared_reader(model), y, aligned_weights(4, [0, 0, 0, 5]))
+    assert torch.equal(aligned_last.loss, standard.loss)  # bit for bit
+    assert torch.isnan(standard.per_layer[:3]).all() and not torch.isnan(standard.per_layer[3])
+
+
+def test_multi_exit_equals_hand_written_mean_over_own_heads():
+    model, (x, y) = vit(multi_exit=True), batch()
+    cls = model.forward_intermediates(x)[:, :, 0]
+    heads = list(model.exit_heads) + [model.head]
+    readers = [lambda v, h=h: h(model.norm(v)) for h in heads]
+    out = readout_cross_entropy(cls, readers, y, aligned_weights(4, "uniform"))
+    expected = sum(F.cross_entropy(logits, y) for logits in model.exit_logits(x)) / 4
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="expected 4 readers"):
+        readout_cross_entropy(cls, readers[:3], y, aligned_weights(4, "uniform"))
+
+
+# ---- gradients -----------------------------------------------------------------------------------------
+def test_gradient_reaches_every_layer_under_aligned_and_only_the_last_under_standard():
+    model, (x, y) = vit(), batch()
+    cls = model.forward_intermediates(x)[:, :, 0].detach().requires_grad_(True)
+    for scheme, reached in (("linear", [True] * 4), ("last", [False, False, False, True]), ("uniform", [True] * 4)):
+        cls.grad = None
+        readout_cross_entropy(cls, shared_reader(model), y, aligned_weights(4, scheme)).loss.backward()
+        norms = cls.grad.flatten(1).norm(dim=1)
+        assert [bool(n > 0) for n in norms] == reached, (scheme, norms)
+
+
+def _block_grads(model):
+    return [sum(p.grad.norm() for p in block.parameters() if p.grad is not None) for block in model.blocks]
+
+
+def test_gradients_reach_every_block_and_head_under_multi_exit_not_the_exit_heads_under_standard():
+    model, (x, y) = vit(multi_exit=True), batch()
+    cls = model.forward_intermediates(x)[:, :, 0]
+    heads = list(model.exit_heads) + [model.head]
+    readers = [lambda v, h=h: h(model.norm(v)) for h in heads]
+    readout_cross_entropy(cls, readers, y, aligned_weights(4, "uniform")).loss.backward()
+    assert all(g > 0 for g in _block_grads(model))
+    assert all(h.weight.grad is not None and h.weight.grad.norm() > 0 for h in heads)
+
+    model, (x, y) = vit(multi_exit=True), batch()
+    cls = model.forward_intermediates(x)[:, :, 0]
+    readers = [lambda v, h=h: h(model.norm(v)) for h in list(model.exit_heads) + [model.head]]
+    readout_cross_entropy(cls, readers, y, aligned_weights(4, "last")).loss.backward()
+    assert all(h.weight.grad is None for h in model.exit_heads)  # their layers were not read at all
+    assert model.head.weight.grad.norm() > 0
+
+
+def test_aligned_changes_the_gradient_of_the_first_block_standard_does_not_see_its_readout():
+    """Under aligned, block 1 gets a gradient from its own readout on top of the last layer's."""
+    grads = {}
+    for scheme in ("last", "linear"):
+        model, (x, y) = vit(), batch()
+        cls = model.forward_intermediates(x)[:, :, 0]
+        readout_cross_entropy(cls, shared_reader(model), y, aligned_weights(4, scheme)).loss.backward()
+        grads[scheme] = model.blocks[0].mlp.fc2.weight.grad.clone()
+    assert not torch.allclose(grads["last"], grads["linear"], atol=1e-6)
+
+
+# ---- objectives on an adapter --------------------------------------------------------------------------
+class MinimalAdapter:
+    """The part of the adapter interface the objectives use, written out for our ViT (independent of
+    layersim.models.adapters), to show the objectives need nothing else."""
+
+    readout_pooling = "cls"
+
+    def __init__(self, model):
+        self.model, self.num_layers = model, model.config.depth
+
+    def hidden_states(self, x):
+        return self.model.forward_intermediates(x)
+
+    def pool(self, hidden, pooling):
+        assert pooling == "cls"
+        return hidden[:, :, 0]
+
+    def targets(self, hidden, labels):
+        return labels
+
+    def readout_vectors(self, v):
+        return self.model.head(self.model.norm(v))
+
+
+class MinimalHeads(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.exits = model.exit_heads
+
+    def readers(self, adapter):
+        norm = adapter.model.norm
+        return [lambda v, h=h: h(norm(v)) for h in self.exits] + [adapter.readout_vectors]
+
+
+def test_objective_modules_on_an_adapter():
+    model, (x, y) = vit(multi_exit=True), batch()
+    adapter = MinimalAdapter(model)
+    hidden = adapter.hidden_states(x)
+    standard = StandardLoss(4)(adapter, hidden, y)
+    assert torch.allclose(standard.loss, F.cross_entropy(model(x), y), atol=1e-6)
+    aligned = AlignedLoss(4, label_smoothing=0.1)(adapter, hidden, y)
+    expected = sum(l / 10 * F.cross_entropy(logits, y, label_smoothing=0.1)
+                   for l, logits in enumerate(model.readout(hidden), start=1))
+    assert torch.allclose(aligned.loss, expected, atol=1e-6)
+    objective = MultiExitLoss(MinimalHeads(model), 4)
+    assert {id(p) for p in objective.parameters()} == {id(p) for p in model.exit_heads.parameters()}
+    multi = objective(adapter, hidden, y)
+    assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in model.exit_logits(x)) / 4, atol=1e-6)
+    with pytest.raises(ValueError, match="built for 3 layers, the model has 4"):
+        AlignedLoss(3)(adapter, hidden, y)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        AlignedLoss(4, label_smoothing=1.5)
