@@ -174,7 +174,7 @@ class MinimalAdapter:
     def targets(self, hidden, labels):
         return labels
 
-    def readout_vectors(self, v):
+    def readout_vectors(self, v, layer=None):
         return self.model.head(self.model.norm(v))
 
 
@@ -206,3 +206,46 @@ def test_objective_modules_on_an_adapter():
         AlignedLoss(3)(adapter, hidden, y)
     with pytest.raises(ValueError, match="label_smoothing"):
         AlignedLoss(4, label_smoothing=1.5)
+
+
+def _real_adapters():
+    import timm
+    import transformers
+    from transformers import AutoTokenizer
+
+    from layersim.models import adapt, minilm_path
+
+    torch.manual_seed(0)
+    vit_adapter = adapt(vit().eval())
+    deit = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                             depth=3, num_heads=2, num_classes=5).eval()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        num_labels=5, initializer_range=0.2)).eval()
+    g = torch.Generator().manual_seed(3)
+    texts = ["a fine film", "dull and long, far too long", "the cast is great", "no", "what a mess of a plot"]
+    return [(vit_adapter, batch(5)[0]), (adapt(deit), torch.randn(5, 3, 32, 32, generator=g)),
+            (adapt(bert, tokenizer), texts)]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["our-vit", "timm-deit", "hf-bert"])
+def test_objectives_on_every_adapter_family(which):
+    from layersim.losses import make_objective
+    from layersim.models import ExitHeads
+
+    adapter, inputs = _real_adapters()[which]
+    y = torch.tensor([0, 1, 2, 3, 4])
+    hidden = adapter.hidden_states(inputs)
+    L = adapter.num_layers
+    standard = make_objective("standard", adapter)(adapter, hidden, y)
+    assert torch.allclose(standard.loss, F.cross_entropy(adapter.logits(inputs), y), atol=1e-5)
+    aligned = make_objective("aligned", adapter)(adapter, hidden, y)
+    readout = adapter.readout(hidden)  # (L, B, C) the adapter's own per-layer readout
+    expected = sum(2 * l / (L * (L + 1)) * F.cross_entropy(readout[l - 1], y) for l in range(1, L + 1))
+    assert torch.allclose(aligned.loss, expected, atol=1e-5)
+    heads = ExitHeads.for_adapter(adapter)
+    multi = make_objective("multi_exit", adapter, heads=heads)(adapter, hidden, y)
+    exits = heads.logits(adapter, adapter.pool(hidden, adapter.readout_pooling))
+    assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in exits) / L, atol=1e-5)
+    assert torch.allclose(exits[-1], readout[-1], atol=1e-6)  # layer L is the model's own head

@@ -19,8 +19,8 @@ Two levels, both usable in any training loop:
 - plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), readers, targets,
   weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`;
 - objectives on a layersim adapter (our ViT, timm ViT/DeiT, Hugging Face encoders and causal LMs), which
-  only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``readout_vectors``, and for
-  multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
+  only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``readout_vectors(v, layer=l)``,
+  and for multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
 
 >>> hidden = adapter.hidden_states(images)
 >>> out = AlignedLoss(adapter.num_layers)(adapter, hidden, labels)
@@ -28,6 +28,7 @@ Two levels, both usable in any training loop:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -210,8 +211,9 @@ class LayerwiseObjective(nn.Module):
     def num_layers(self) -> int:
         return self.weights.numel()
 
-    def readers(self, adapter) -> Union[Reader, list]:
-        return adapter.readout_vectors
+    def readers(self, adapter) -> list:
+        """The model's own last-layer classifier for each layer 1..L (``adapter.readout_vectors(v, layer=l)``)."""
+        return [functools.partial(adapter.readout_vectors, layer=l) for l in range(1, self.num_layers + 1)]
 
     def forward(self, adapter, hidden, labels) -> LayerLoss:
         if adapter.num_layers != self.num_layers:
