@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
-import layersim.extract as extract_module
+import layersim.models.adapters as adapters_module
 from layersim.extract import extract, extract_features
 from layersim.models import VisionTransformer, ViTConfig, adapt, load_model, minilm_path
 
@@ -20,6 +20,11 @@ transformers.logging.set_verbosity_error()
 CFG = ViTConfig(image_size=28, in_chans=1, patch_size=7, depth=4, width=32, heads=4, num_classes=6)
 TEXTS = ["the cat sat on the mat", "a short one", "every token of a rather longer sentence counts",
          "one more", "and the last line of this tiny corpus"]
+
+
+def entries(cache_dir):
+    """The cache entries in a folder (the lock files of `extract` live apart, in .locks/)."""
+    return sorted(p for p in cache_dir.iterdir() if p.name != ".locks")
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +157,7 @@ def test_failed_extraction_leaves_no_entry(vit, image_data, tmp_path):
     loader = torch.utils.data.DataLoader(Failing(), batch_size=None)
     with pytest.raises(RuntimeError, match="disk on fire"):
         extract(vit, loader, cache_dir=tmp_path, data_key="failing", progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert entries(tmp_path) == []
 
 
 def test_entry_finished_first_by_another_process_is_kept(vit, image_data, tmp_path):
@@ -174,7 +179,7 @@ def test_entry_finished_first_by_another_process_is_kept(vit, image_data, tmp_pa
     second = extract(vit, loader, cache_dir=tmp_path, data_key="images", progress=False)
     assert (second.path / "marker").exists()  # theirs was kept, ours discarded
     assert torch.equal(second.features, first.features)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]
+    assert [p.name for p in entries(tmp_path)] == [first.path.name]
 
 
 def test_train_mode_restored_and_no_hooks(tiny_llama, vit, image_data):
@@ -223,7 +228,7 @@ def test_language_model_tokens(tiny_llama, monkeypatch):
     assert torch.allclose(-out.label_logprob[-1].sum(), torch.stack(losses).sum(), rtol=1e-5)
     assert V == len(adapter.tokenizer)
     # chunked vocabulary readout gives the same numbers as one chunk
-    monkeypatch.setattr(extract_module, "LOGIT_ELEMENTS_PER_CHUNK", 3 * V)
+    monkeypatch.setattr(adapters_module, "LOGIT_ELEMENTS_PER_CHUNK", 3 * V)
     chunked = extract(adapter, TEXTS, pooling="tokens", batch_size=2, progress=False)
     for name in ("preds", "topk_ids", "labels"):
         assert torch.equal(getattr(chunked, name), getattr(out, name)), name
@@ -245,7 +250,7 @@ def test_extract_features_contract_with_minilm(tmp_path):
     assert torch.allclose(cls, encoder.layers(TEXTS, "cls"), atol=1e-5)
     cached = extract_features(encoder, TEXTS, pooling="mean", batch_size=2, progress=False, cache_dir=tmp_path)
     assert torch.equal(cached, feats)
-    entry = next(tmp_path.iterdir())
+    entry = entries(tmp_path)[0]
     assert entry.name.startswith("minilm-l6-mean-") and np.load(entry / "features.npy").shape == (6, 5, 384)
 
 

@@ -294,7 +294,7 @@ def test_hook_is_removed_and_train_state_restored(tokenizer):
     assert [m.training for m in model.modules()] == flags
     assert len(ln_f._forward_pre_hooks) == 0 and len(ln_f._forward_hooks) == 0
     # also when the forward pass fails inside the context
-    with pytest.raises(IndexError):
+    with pytest.raises(ValueError, match="token ids must lie in"):
         with eval_mode(model):
             adapter.hidden_states({"input_ids": torch.tensor([[len(tokenizer) + 5]])})
     assert [m.training for m in model.modules()] == flags
@@ -376,9 +376,6 @@ def test_minilm_offline(minilm):
         emb = torch.nn.functional.normalize(minilm.pool(hidden, "mean")[-1], dim=-1)  # sentence-transformers
     sims = emb @ emb.T
     assert sims[0, 1] > 0.6 and sims[0, 2] < 0.2  # paraphrase close, unrelated far: the weights are real
-    same = HFEncoder(minilm_path())  # the first version's constructor still works
-    with torch.no_grad():
-        assert torch.equal(same.layers(texts, "mean"), minilm.layers(texts, "mean"))
     with_head = load_model("minilm-l6", num_labels=2)  # a fresh classification head on the real encoder
     with torch.no_grad():
         hidden = with_head.hidden_states(texts)

@@ -32,9 +32,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +39,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .models.adapters import LayerAdapter, adapt, check_pooling, eval_mode, layer_indices, weights_fingerprint
+from .models.adapters import LayerAdapter, adapt, eval_mode, layer_indices
+from . import progress as _progress
+from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, file_lock, hash_tensor,
+                      remove_folder, stable_hash)
 
-CACHE_FORMAT = 1
-# rows of vocabulary logits computed at once: bounds the memory of a language-model readout (~64 MB)
-LOGIT_ELEMENTS_PER_CHUNK = 2 ** 24
+CACHE_FORMAT = 2
+FEATURE_NORMS = (False, True, "hf")
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
 
 
@@ -106,11 +104,15 @@ def _split_batch(item):
                      "strings, an (inputs, labels) pair or a dict with 'input_ids'")
 
 
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def iter_batches(data, batch_size: int, labels=None) -> Iterator[tuple]:
     """(inputs, labels or None) batches from: a list of strings, a tensor of images (N, C, H, W), a torch
     Dataset of (x, y) pairs, or any iterable of batches (a DataLoader)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if labels is not None:
         labels = torch.as_tensor(labels)
     if isinstance(data, str):
@@ -141,13 +143,6 @@ def _num_batches(data, batch_size: int) -> int | None:
         return None
 
 
-def _hash_tensor(digest, tensor: torch.Tensor) -> None:
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel():
-        digest.update(flat.view(torch.uint8).numpy())
-
-
 def data_fingerprint(data, batch_size: int, labels=None) -> str:
     """blake2b hash of every batch's content (and labels). Iterates over `data` once."""
     reusable = isinstance(data, (torch.Tensor, list, tuple, torch.utils.data.Dataset))
@@ -157,27 +152,19 @@ def data_fingerprint(data, batch_size: int, labels=None) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for inputs, y in iter_batches(data, batch_size, labels):
         if isinstance(inputs, torch.Tensor):
-            _hash_tensor(digest, inputs)
+            hash_tensor(digest, inputs)
         elif isinstance(inputs, dict):
             for k in sorted(inputs):
                 digest.update(k.encode())
-                _hash_tensor(digest, torch.as_tensor(inputs[k]))
+                hash_tensor(digest, torch.as_tensor(inputs[k]))
         else:
             digest.update("\0".join(inputs).encode() + b"\1")
         if y is not None:
-            _hash_tensor(digest, torch.as_tensor(y))
+            hash_tensor(digest, torch.as_tensor(y))
     return digest.hexdigest()
 
 
 # ---- disk store -----------------------------------------------------------------------------------------
-def _file_checksum(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Store:
     """Streams per-batch arrays into part files (one per field and layer), then assembles one layer-first
     ``.npy`` per field. Memory: one batch, and at assembly one layer of one field."""
@@ -252,16 +239,21 @@ def _read_entry(folder: Path, key: str, *, mmap: bool, verify: bool) -> dict:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
         raise CorruptEntry(f"meta.json unreadable ({e})") from e
-    if meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
-        raise CorruptEntry("meta.json belongs to another entry or cache format")
+    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
+        raise CorruptEntry("meta.json belongs to another entry or cache format, or is not an object")
+    fields = meta.get("fields")
+    if not isinstance(fields, dict) or "features" not in fields:
+        raise CorruptEntry("meta.json lists no 'features' field")
     tensors = {}
-    for name, info in meta["fields"].items():
+    for name, info in fields.items():
+        if name not in FIELDS or not isinstance(info, dict) or not {"bytes", "shape", "dtype", "blake2b"} <= set(info):
+            raise CorruptEntry(f"meta.json describes field {name!r} incompletely")
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise CorruptEntry(f"{path.name} is missing")
         if path.stat().st_size != info["bytes"]:
             raise CorruptEntry(f"{path.name} has {path.stat().st_size} bytes, expected {info['bytes']} (truncated?)")
-        if verify and _file_checksum(path) != info["blake2b"]:
+        if verify and file_checksum(path) != info["blake2b"]:
             raise CorruptEntry(f"{path.name} does not match its checksum")
         try:
             array = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
@@ -271,16 +263,6 @@ def _read_entry(folder: Path, key: str, *, mmap: bool, verify: bool) -> dict:
             raise CorruptEntry(f"{path.name} has shape {array.shape}, expected {info['shape']}")
         tensors[name] = torch.from_numpy(array)
     return {"tensors": tensors, "meta": meta}
-
-
-def _remove_entry(folder: Path) -> None:
-    """Move a folder aside (atomic) and delete it."""
-    trash = folder.with_name(f".trash-{folder.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.replace(folder, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---- extraction -----------------------------------------------------------------------------------------
@@ -300,53 +282,43 @@ def _stack(stats_per_layer: list[dict]) -> dict:
     return {k: torch.stack([s[k] for s in stats_per_layer]) for k in stats_per_layer[0]}
 
 
+def _normed_features(adapter: LayerAdapter, pooled: torch.Tensor, index: list[int], feature_norm) -> torch.Tensor:
+    """The features of the selected layers: raw block outputs, all normed (True), or normed at layer L only
+    ("hf": as Hugging Face's output_hidden_states, the authors' GPT-2 convention)."""
+    last = adapter.num_layers - 1
+    if feature_norm is True:
+        return adapter.norm(pooled[index])
+    if feature_norm == "hf":
+        return torch.stack([adapter.norm(pooled[i]) if i == last else pooled[i] for i in index])
+    return pooled[index]
+
+
 def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, readout, keep_logits, topk,
                    feature_norm, dtype) -> dict:
     """One batch -> {field: tensor} with layered fields (L', b, ...) and 'labels' (b,)."""
-    hidden = adapter.hidden_states(inputs)
+    # without a readout only the selected layers are needed: stop after the deepest one
+    hidden = adapter.hidden_states(inputs, upto=None if readout else max(index) + 1)
     pooled = adapter.pool(hidden, pooling)  # (L, b, d), raw block outputs
-    features = adapter.norm(pooled[index]) if feature_norm else pooled[index]
-    out = {"features": features.to(dtype)}
-    if adapter.kind == "causal-lm" and pooling == "tokens":
-        labels = adapter.next_tokens(hidden)
-    elif adapter.kind == "causal-lm":
-        labels = None  # the next token after the last (or a mean) is unknown
-    if labels is not None:
-        labels = torch.as_tensor(labels).long()
-        if labels.shape != (features.shape[1],):
-            raise ValueError(f"got {tuple(labels.shape)} labels for a batch of {features.shape[1]} samples")
-        out["labels"] = labels
+    out = {"features": _normed_features(adapter, pooled, index, feature_norm).to(dtype)}
+    targets = adapter.targets(hidden, labels, pooling)
+    if targets is not None:
+        out["labels"] = targets
     if not readout:
         return out
-    last = adapter.num_layers - 1
-    if adapter.kind == "causal-lm":
-        # vocabulary logits, computed per layer on chunks of rows (bounded memory), layer L first
-        rows = max(1, LOGIT_ELEMENTS_PER_CHUNK // adapter.num_classes)
-        chunks = []
-        for start in range(0, pooled.shape[1], rows):
-            final_logits = adapter.readout_vectors(pooled[last, start:start + rows])
-            final_pred = final_logits.argmax(-1)
-            chunk_labels = None if labels is None else labels[start:start + rows]
-            per_layer = []
-            for i in index:
-                logits = final_logits if i == last else adapter.readout_vectors(pooled[i, start:start + rows])
-                stats = _readout_stats(logits, final_pred, chunk_labels, topk)
-                if keep_logits:
-                    stats["logits"] = logits.to(dtype)
-                per_layer.append(stats)
-            chunks.append(_stack(per_layer))
-        out.update({k: torch.cat([c[k] for c in chunks], dim=1) for k in chunks[0]})
-        return out
-    logits = adapter.readout(hidden)  # (L, b, C)
-    final_pred = logits[last].argmax(-1)
-    out.update(_stack([_readout_stats(logits[i], final_pred, labels, topk) for i in index]))
-    if keep_logits:
-        out["logits"] = logits[index].to(dtype)
+    chunks = []
+    for rows, logits, final in adapter.readout_chunks(hidden, pooling, [i + 1 for i in index]):
+        final_pred = final.argmax(-1)
+        chunk_targets = None if targets is None else targets[rows]
+        stats = _stack([_readout_stats(layer_logits, final_pred, chunk_targets, topk) for layer_logits in logits])
+        if keep_logits:
+            stats["logits"] = logits.to(dtype)
+        chunks.append(stats)
+    out.update({k: torch.cat([c[k] for c in chunks], dim=1) for k in chunks[0]})
     return out
 
 
-def extract(model, data, *, pooling: str = "cls", readout: bool | None = None, labels=None, layers=None,
-            keep_logits: bool | None = None, topk: int | None = None, feature_norm: bool = False,
+def extract(model, data, *, pooling: str | None = None, readout: bool | None = None, labels=None, layers=None,
+            keep_logits: bool | None = None, topk: int | None = None, feature_norm: bool | str = False,
             batch_size: int = 64, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
             data_key: str | None = None, model_key: str | None = None, mmap: bool = False, verify: bool = True,
             progress: bool = True) -> Extraction:
@@ -355,13 +327,16 @@ def extract(model, data, *, pooling: str = "cls", readout: bool | None = None, l
     model: a `LayerAdapter` (from `layersim.models.load_model` / `adapt`) or a model `adapt` accepts.
     data: a list of strings, a tensor of images (N, C, H, W), a Dataset of (x, y), or a loader yielding
         tensors, (inputs, labels) pairs or tokenised dicts. Read in order, `batch_size` at a time.
-    pooling: "cls", "mean", "last" or "tokens" (see `layersim.models.adapters`).
+    pooling: "cls", "mean", "last" or "tokens" (see `layersim.models.adapters`); default the pooling the
+        model's own head reads (``adapter.readout_pooling``: "cls" for ViT/DeiT/BERT, "tokens" for a causal LM).
     readout: apply the last-layer classifier to every layer (default: when the model has a head).
     labels: (n,) labels for a list of texts or a tensor of images (loaders yield their own).
     layers: 1-based layer numbers to keep (default all 1..L); the final prediction is always layer L's.
     keep_logits: store the full (L', n, C) logits (default: yes for classifiers, no for a vocabulary).
     topk: store the top-k ids and probabilities per layer (default: 5 for a vocabulary, none otherwise).
-    feature_norm: apply the model's final norm to the features too (e.g. SmolLM2's RMSNorm).
+    feature_norm: False (raw block outputs), True (the model's final norm applied to every layer's features,
+        e.g. SmolLM2's RMSNorm), or "hf" (layer L normed only, as Hugging Face's output_hidden_states and
+        the authors' GPT-2 code).
     dtype: float32 (default), float16 or float64 for stored features and logits.
     cache_dir: folder of the cache; None computes without caching.
     data_key: a name for the data selection, used in the cache key instead of hashing the data.
@@ -371,21 +346,19 @@ def extract(model, data, *, pooling: str = "cls", readout: bool | None = None, l
     -> `Extraction` with features (L', n, d) and, with readout, preds/final_prob (L', n) and more.
     """
     adapter = adapt(model)
-    check_pooling(pooling)
+    pooling = adapter.readout_pooling if pooling is None else pooling
+    adapter.check_pooling(pooling)
     index = layer_indices(layers, adapter.num_layers)
+    check_batch_size(batch_size)
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"dtype must be one of {list(_NUMPY_DTYPES)}, got {dtype}")
-    is_vocab = adapter.kind == "causal-lm"
+    if not (feature_norm is True or feature_norm is False or feature_norm == "hf"):
+        raise ValueError(f"feature_norm must be False, True or 'hf', got {feature_norm!r}")
+    is_vocab = adapter.vocabulary_readout
     if readout is None:
-        readout = adapter.has_readout and (pooling in ("tokens", "last") if is_vocab else pooling != "tokens")
+        readout = adapter.has_readout and pooling in adapter.readout_poolings
     if readout:
-        adapter._require_readout()
-        if is_vocab and pooling not in ("tokens", "last"):
-            raise ValueError("a language model reads out one token at a time: use pooling='tokens' or 'last' "
-                             "with readout, or readout=False")
-        if not is_vocab and pooling == "tokens":
-            raise ValueError(f"{adapter.name} classifies whole inputs, so its readout has one row per input, not "
-                             "per token: use readout=False with pooling='tokens'")
+        adapter.check_readout_pooling(pooling)
     keep_logits = (not is_vocab) if keep_logits is None else keep_logits
     topk = (5 if is_vocab else None) if topk is None else topk
     settings = {"format": CACHE_FORMAT, "pooling": pooling, "layers": [i + 1 for i in index],
@@ -398,7 +371,9 @@ def extract(model, data, *, pooling: str = "cls", readout: bool | None = None, l
         batches = iter_batches(data, batch_size, labels)
         total = _num_batches(data, batch_size)
         with torch.no_grad(), eval_mode(adapter.model):
-            for inputs, y in tqdm(batches, total=total, desc=f"extract {adapter.name}", disable=not progress):
+            bar = _progress.progress(batches, total=total, desc=f"extract {adapter.name}", unit="batch",
+                                     disable=not progress)
+            for inputs, y in bar:
                 out = _process_batch(adapter, inputs, y, pooling=pooling, index=index, readout=readout,
                                      keep_logits=keep_logits, topk=topk, feature_norm=feature_norm, dtype=dtype)
                 for name, value in out.items():
@@ -410,37 +385,31 @@ def extract(model, data, *, pooling: str = "cls", readout: bool | None = None, l
     if cache_dir is None:
         return _result({"tensors": compute(None)}, settings, key="", path=None, from_cache=False)
 
-    spec = {**settings, "adapter": adapter.settings(), "model": model_key or weights_fingerprint(adapter.model),
-            "data": data_key or data_fingerprint(data, batch_size, labels)}
-    key = hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=16).hexdigest()
+    model_id = (stable_hash({"settings": adapter.settings(), "weights": model_key}) if model_key
+                else adapter.fingerprint())
+    spec = {**settings, "model": model_id, "data": data_key or data_fingerprint(data, batch_size, labels)}
+    key = stable_hash(spec)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(cache_dir)  # temporary folders of killed writers, trash of replaced entries
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in adapter.name)[-40:]
     folder = cache_dir / f"{safe_name}-{pooling}-{key}"
-    if folder.exists():
-        try:
-            return _result(_read_entry(folder, key, mmap=mmap, verify=verify), settings, key, folder, True)
-        except CorruptEntry as e:
-            warnings.warn(f"cache entry {folder} is corrupt ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
-            _remove_entry(folder)
-    tmp = cache_dir / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        fields = compute(tmp)
-        _write_meta(tmp, key, {**settings, "model": spec["model"], "data": spec["data"]}, fields)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    # one process computes an entry; another asking for it at the same time waits, then reads it
+    with file_lock(cache_dir / ".locks" / key):
+        if folder.exists():
+            try:
+                return _result(_read_entry(folder, key, mmap=mmap, verify=verify), settings, key, folder, True)
+            except CorruptEntry as e:
+                warnings.warn(f"cache entry {folder} is corrupt ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
+                remove_folder(folder)
+        with atomic_folder(folder) as tmp:
+            fields = compute(tmp)
+            _write_meta(tmp, key, {**settings, "model": spec["model"], "data": spec["data"]}, fields)
     return _result(_read_entry(folder, key, mmap=mmap, verify=False), settings, key, folder, False)
 
 
 def _write_meta(folder: Path, key: str, settings: dict, fields: dict) -> None:
-    meta = {"format": CACHE_FORMAT, "key": key, "settings": settings, "fields": fields}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_json(folder / "meta.json", {"format": CACHE_FORMAT, "key": key, "settings": settings, "fields": fields})
 
 
 def _result(entry: dict, settings: dict, key: str, path: Path | None, from_cache: bool) -> Extraction:
@@ -449,14 +418,16 @@ def _result(entry: dict, settings: dict, key: str, path: Path | None, from_cache
                       settings=settings, **{name: tensors.get(name) for name in FIELDS})
 
 
-def extract_features(adapter, data, *, pooling: str = "mean", batch_size: int = 64, progress: bool = True,
-                     layers=None, feature_norm: bool = False, cache_dir: str | Path | None = None,
+def extract_features(model, data, *, pooling: str | None = None, batch_size: int = 64, progress: bool = True,
+                     layers=None, feature_norm: bool | str = False, cache_dir: str | Path | None = None,
                      data_key: str | None = None) -> torch.Tensor:
     """Features of blocks 1..L (or `layers`) for every item of `data` -> (L, n, d) float32 tensor.
 
-    data: a list of texts, a tensor of images or a loader (see `extract`). pooling: "cls", "mean",
-    "last" or "tokens". With `cache_dir`, the features are cached on disk (see `extract`).
+    The features half of `extract` (no readout), with the same arguments and defaults: data is a list of
+    texts, a tensor of images or a loader; pooling "cls", "mean", "last" or "tokens" (default the model's
+    readout pooling: pass pooling="mean" for a sentence-transformer such as MiniLM). With `cache_dir`, the
+    features are cached on disk.
     """
-    out = extract(adapter, data, pooling=pooling, readout=False, layers=layers, feature_norm=feature_norm,
+    out = extract(model, data, pooling=pooling, readout=False, layers=layers, feature_norm=feature_norm,
                   batch_size=batch_size, cache_dir=cache_dir, data_key=data_key, progress=progress)
     return out.features.float()

@@ -1,14 +1,17 @@
 """One interface over the transformers the paper studies: the output of every block, and the model's own
-last-layer classifier applied to each of them.
+last-layer classifier applied to each of them. Everything that depends on the model family lives here, so
+that extraction, training and early exit call one interface and never ask which family a model is.
 
 Every adapter has
 - ``num_layers`` (L), ``width`` (d), ``num_classes`` (C: classes, or the vocabulary of a language model;
-  ``None`` when the model has no head), ``kind`` ("vision", "encoder" or "causal-lm"), ``final_norm``;
-- ``hidden_states(batch) -> Hidden``: the tokens after blocks 1..L, (L, B, T, d), and the padding mask;
-- ``layers(batch, pooling, layers=None) -> (L', n, d)``: one vector per sample and layer;
-- ``readout(hidden, layers=None)``: the last-layer classifier on every layer, (L', B, C) for a
-  classifier, (L', B, T, V) for a language model (there ``readout_vectors`` reads any (..., d) stack);
-- ``logits(batch)``: the model's own output, for checking that the readout of layer L reproduces it.
+  ``None`` when the model has no head), ``final_norm``, ``readout_pooling`` and ``vocabulary_readout``;
+- ``hidden_states(batch, upto=None) -> Hidden``: the tokens after blocks 1..L, (L, B, T, d), and the
+  padding mask; ``upto=l`` runs only blocks 1..l (a real truncated forward: it costs about l/L of a full one);
+- ``pool(hidden, pooling) -> (L, n, d)``: one vector per sample and layer; ``targets(hidden, labels)``:
+  the target of each of those samples (the labels of a classifier, the next tokens of a causal LM);
+- ``readout_vectors(vectors, layer)``: the last-layer classifier on already-pooled vectors (..., d) -> (..., C);
+  ``readout(hidden, layers=None)``: the same on every layer of a batch;
+- ``logits(batch)``: the model's own output; the readout of layer L always equals it.
 
 Pooling (the token choice) is always explicit:
 - "cls": the first token (ViT/DeiT class token, BERT [CLS]); not defined for causal LMs;
@@ -17,12 +20,19 @@ Pooling (the token choice) is always explicit:
 - "last": the last non-padding token (the natural summary of a causal LM);
 - "tokens": every non-padding position is one sample, (L, n_tokens, d). For a causal LM the last
   position of each sequence is left out, so that every sample has a target: the next token.
+``readout_pooling`` is the pooling the model's own head reads ("cls" for ViT/DeiT and the BERT family,
+"mean" for an average-pooled timm ViT, "tokens" for a causal LM).
 
 Readout of a hidden layer (PAPER.md): head(norm(h_l)). For pre-norm models (ViT/DeiT, GPT-2, Llama)
-``norm`` is the model's final norm (``norm``, ``ln_f``), applied per layer when ``final_norm=True``
-(the default, as the model itself does after block L). The authors' GPT-2 code skipped ln_f on hidden
-layers: ``final_norm=False``. Post-norm encoders (BERT family) end every block with a LayerNorm and have
-no final norm; their head is the pooler + classifier on the [CLS] token.
+``norm`` is the model's final norm (``norm``, ``ln_f``). Conventions, by ``final_norm``:
+- ``final_norm=True`` (default): every layer is read as head(norm(h_l)), as the model itself reads layer L;
+- ``final_norm=False``: layers 1..L-1 are read as head(h_l), the final norm skipped, as the authors' GPT-2
+  code does; layer L is still the model's own prediction head(norm(h_L)).
+Either way the readout of layer L equals ``logits(batch)``, so saturation (defined against the model's
+own prediction) has the right reference. The authors' GPT-2 code also takes Hugging Face's last hidden
+state (normed) as the layer-L feature for COS: ``layersim.extract.extract(..., feature_norm="hf")``;
+``AUTHORS_GPT2`` names that whole convention. Post-norm encoders (BERT family) end every block with a
+LayerNorm and have no final norm; their head is the pooler + classifier on the [CLS] token.
 
 Hooks are used in one place only: Hugging Face returns the last hidden state of a decoder *after* the
 final norm, so the raw output of block L is read from the input of the final norm by a forward pre-hook
@@ -30,17 +40,17 @@ that lives inside the `capture_input` context manager.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..storage import stable_hash, weights_fingerprint
+from .inputs import check_images
 from .vit import VisionTransformer
 
 POOLINGS = ("cls", "mean", "last", "tokens")
@@ -121,24 +131,63 @@ def check_pooling(pooling: str) -> None:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """blake2b hash of every parameter and buffer (name, dtype, shape, bytes) of `model`."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
+# the settings that reproduce the authors' GPT-2 curves (their code; see the module docstring): pass them to
+# load_model/adapt (final_norm) and to extract (feature_norm)
+AUTHORS_GPT2 = {"final_norm": False, "feature_norm": "hf"}
+
+# rows of vocabulary logits computed at once by `readout_chunks`: bounds the memory of a language-model
+# readout (~64 MB of float32)
+LOGIT_ELEMENTS_PER_CHUNK = 2 ** 24
+
+
+def _find_layer_list(base: nn.Module):
+    """(owner module, attribute name) of the ModuleList of blocks of a Hugging Face base model, or None."""
+    for path in ("encoder.layer", "transformer.layer", "layers", "h", "encoder.layers", "layer"):
+        owner = base
+        *parents, attribute = path.split(".")
+        for part in parents:
+            owner = getattr(owner, part, None)
+        modules = getattr(owner, attribute, None) if owner is not None else None
+        if isinstance(modules, nn.ModuleList):
+            return owner, attribute
+    return None
+
+
+@contextmanager
+def truncated_blocks(base: nn.Module, upto: int | None) -> Iterator[bool]:
+    """Inside the block the model's list of blocks holds only blocks 1..upto, so its own forward stops
+    there (a real truncated forward). Yields False when the model keeps its blocks elsewhere (e.g. ALBERT's
+    shared layer groups): then the full forward runs and the caller keeps the first `upto` states."""
+    found = _find_layer_list(base) if upto is not None else None
+    if found is None:
+        yield False
+        return
+    owner, attribute = found
+    full = getattr(owner, attribute)
+    setattr(owner, attribute, nn.ModuleList(list(full)[:upto]))
+    try:
+        yield True
+    finally:
+        setattr(owner, attribute, full)
+
+
+def _check_upto(upto, num_layers: int) -> int:
+    if upto is None:
+        return num_layers
+    return layer_indices(upto, num_layers)[0] + 1
 
 
 class LayerAdapter:
-    """Base class: pooling, layer selection and fingerprints shared by every adapter."""
+    """Base class: pooling, targets, layer selection, readout in chunks and fingerprints shared by every
+    adapter. A subclass provides ``hidden_states``, ``logits``, ``readout_vectors`` and (pre-norm) ``norm``."""
 
-    kind = "?"
     has_class_token = True  # the first token is a CLS token (ViT/DeiT, BERT family)
+    readout_pooling = "cls"  # the pooling the model's own head reads
+    vocabulary_readout = False  # C is a vocabulary: read out per token, keep summaries rather than logits
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
+        if not isinstance(final_norm, bool):
+            raise TypeError(f"final_norm must be True or False, got {final_norm!r}")
         self.model = model
         self.name = name or type(model).__name__
         self.final_norm = final_norm
@@ -147,13 +196,15 @@ class LayerAdapter:
         self.num_classes: int | None = None
 
     # -- to be provided by subclasses
-    def hidden_states(self, batch) -> Hidden:
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        """Tokens after blocks 1..upto (default L) of `batch`: Hidden with states (upto, B, T, d)."""
         raise NotImplementedError
 
     def logits(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
+    def _head(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The model's head on (N, d) vectors that are already normed where the model norms -> (N, C)."""
         raise NotImplementedError
 
     def norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -164,35 +215,35 @@ class LayerAdapter:
         """Everything besides the weights that changes what the adapter returns (for cache keys)."""
         return {"adapter": type(self).__name__, "final_norm": self.final_norm}
 
-    # -- shared
+    # -- poolings and targets
     @property
-    def has_readout(self) -> bool:
-        return self.num_classes is not None
+    def poolings(self) -> tuple:
+        """The poolings defined for this model."""
+        return tuple(p for p in POOLINGS if p != "cls" or self.has_class_token)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def readout_poolings(self) -> tuple:
+        """The poolings whose samples have a readout: for a classifier every pooling with one sample per
+        input (the head then reads its own pooling, ``readout_pooling``, of the same inputs)."""
+        return tuple(p for p in self.poolings if p != "tokens")
 
-    def describe(self) -> str:
-        """One line naming the model, its size and the readout used (for notebooks and reports)."""
-        return (f"{self.name}: {self.kind}, L={self.num_layers} blocks, d={self.width}, "
-                f"C={self.num_classes}, readout: {self.readout_formula()}")
+    def head_pooling(self, pooling: str) -> str:
+        """The pooling of the vectors the head reads for the samples of `pooling`: a classifier's head reads
+        its own pooling of each input whatever pooling the features use."""
+        return self.readout_pooling
 
-    def readout_formula(self) -> str:
-        return "head(norm(h_l))" if self.final_norm else "head(h_l) (final norm skipped)"
+    def check_pooling(self, pooling: str) -> None:
+        check_pooling(pooling)
+        if pooling not in self.poolings:
+            raise ValueError(f"{self.name} has no class token; use pooling='mean'")
 
-    def fingerprint(self) -> str:
-        """Hash of the weights and `settings()`: two adapters with equal fingerprints give equal outputs."""
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr(sorted(self.settings().items())).encode())
-        digest.update(weights_fingerprint(self.model).encode())
-        return digest.hexdigest()
-
-    def _require_readout(self) -> None:
-        if not self.has_readout:
-            raise ValueError(f"{self.name} has no classification head, so there is nothing to read out; "
-                             "attach one (e.g. load_model(..., num_labels=2) for a text encoder) or use "
-                             "features only (readout=False)")
+    def check_readout_pooling(self, pooling: str) -> None:
+        """Raise unless the head can read vectors of `pooling` (and the model has a head)."""
+        self._require_readout()
+        self.check_pooling(pooling)
+        if pooling not in self.readout_poolings:
+            raise ValueError(f"{self.name} classifies whole inputs, so its readout has one row per input, not per "
+                             f"token: use readout=False with pooling={pooling!r}, or another pooling")
 
     def sample_mask(self, hidden: Hidden, pooling: str) -> torch.Tensor:
         """(B, T) bool: the token positions that are samples under `pooling='tokens'`."""
@@ -200,14 +251,9 @@ class LayerAdapter:
 
     def pool(self, hidden: Hidden, pooling: str = "cls") -> torch.Tensor:
         """(L, B, T, d) block outputs -> (L, n, d) one vector per sample (n = B, or tokens for 'tokens')."""
-        check_pooling(pooling)
+        self.check_pooling(pooling)
         states, mask = hidden.states, hidden.mask
         if pooling == "cls":
-            if self.kind == "causal-lm":
-                raise ValueError("a causal language model has no CLS token (its first token sees only itself); "
-                                 "use pooling='last', 'mean' or 'tokens'")
-            if not self.has_class_token:
-                raise ValueError(f"{self.name} has no class token; use pooling='mean'")
             return states[:, :, 0]
         if pooling == "mean":
             content = mask.clone()
@@ -220,28 +266,133 @@ class LayerAdapter:
             return states[:, torch.arange(states.shape[1], device=states.device), last]
         return states[:, self.sample_mask(hidden, pooling)]  # "tokens": (L, n_tokens, d)
 
+    def targets(self, hidden: Hidden, labels=None, pooling: str | None = None) -> torch.Tensor | None:
+        """(n,) the target of every sample of ``pool(hidden, pooling)`` (default: the readout pooling), or
+        None when there is none: a classifier's labels (checked: integers in [0, C), one per input)."""
+        if labels is None:
+            return None
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}; convert them, "
+                            "e.g. labels.long(), after checking they are whole numbers")
+        batch = hidden.states.shape[1]
+        if labels.shape != (batch,):
+            raise ValueError(f"got labels of shape {tuple(labels.shape)} for a batch of {batch} inputs; "
+                             "give one integer label per input")
+        labels = labels.long().to(hidden.states.device)
+        if self.num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            raise ValueError(f"labels must lie in [0, {self.num_classes}) for {self.name} ({self.num_classes} "
+                             f"classes), got {sorted(set(bad.tolist()))[:5]}; does the data set match the model's "
+                             "number of classes?")
+        if (pooling or self.readout_pooling) == "tokens":  # every token of an input carries the input's label
+            return labels.repeat_interleave(self.sample_mask(hidden, "tokens").sum(1))
+        return labels
+
+    # -- readout
+    def readout_vectors(self, vectors: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """The model's own last-layer classifier on pooled vectors: (..., d) -> (..., C).
+
+        layer: the 1-based layer the vectors come from. The final norm is applied when ``final_norm`` is
+        True or `layer` is L (so the readout of layer L is always the model's own prediction); None means a
+        hidden layer (the norm follows ``final_norm``).
+        """
+        self._require_readout()
+        if not isinstance(vectors, torch.Tensor) or vectors.dim() < 1 or vectors.shape[-1] != self.width:
+            got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+            raise ValueError(f"expected vectors of shape (..., {self.width}) for {self.name}, got {got}")
+        normed = self.norm(vectors) if (self.final_norm or layer == self.num_layers) else vectors
+        flat = normed.reshape(-1, self.width)
+        return self._head(flat).reshape(*vectors.shape[:-1], -1)
+
+    def readout_stack(self, vectors: torch.Tensor, layers=None) -> torch.Tensor:
+        """(L', n, d) pooled vectors of `layers` (1-based; default all L) -> (L', n, C) readout logits."""
+        numbers = [i + 1 for i in layer_indices(layers, self.num_layers)]
+        if vectors.dim() != 3 or vectors.shape[0] != len(numbers):
+            raise ValueError(f"expected a stack of shape ({len(numbers)}, n, {self.width}) for layers {numbers}, "
+                             f"got {tuple(vectors.shape)}")
+        return torch.stack([self.readout_vectors(v, layer=l) for v, l in zip(vectors, numbers)])
+
+    def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
+        """(L', B, C): the model's own head on every selected block (pooled as the head reads it)."""
+        self._require_readout()
+        index = self._check_hidden(hidden, layers)
+        vectors = self.pool(hidden, self.readout_pooling)[index]
+        return self.readout_stack(vectors, [i + 1 for i in index])
+
+    def readout_chunks(self, hidden: Hidden, pooling: str, layers=None) -> Iterator[tuple]:
+        """The readout of every selected layer over the samples of ``pool(hidden, pooling)``, in chunks of
+        rows so that memory stays bounded for a vocabulary: yields ``(rows, logits, final_logits)`` with
+        `rows` a slice of the samples, logits (L', rows, C) of the selected layers and final_logits
+        (rows, C) of layer L (the model's own prediction). Needs all L layers in `hidden`."""
+        self.check_readout_pooling(pooling)
+        index = self._check_hidden(hidden, layers, need_all=True)
+        vectors = self.pool(hidden, self.head_pooling(pooling))
+        n, last = vectors.shape[1], self.num_layers - 1
+        step = max(1, LOGIT_ELEMENTS_PER_CHUNK // self.num_classes)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            final = self.readout_vectors(vectors[last, rows], layer=self.num_layers)
+            per_layer = [final if i == last else self.readout_vectors(vectors[i, rows], layer=i + 1) for i in index]
+            yield rows, torch.stack(per_layer), final
+
+    # -- shared
+    @property
+    def has_readout(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> str:
+        """One line naming the model, its size and the readout used (for notebooks and reports)."""
+        return (f"{self.name}: {type(self).__name__}, L={self.num_layers} blocks, d={self.width}, "
+                f"C={self.num_classes}, readout: {self.readout_formula()}")
+
+    def readout_formula(self) -> str:
+        if self.final_norm:
+            return "head(norm(h_l))"
+        return "head(h_l) for l < L (final norm skipped), head(norm(h_L)) for l = L"
+
+    def fingerprint(self) -> str:
+        """Hash of the weights and `settings()`: two adapters with equal fingerprints give equal outputs."""
+        return stable_hash({"settings": self.settings(), "weights": weights_fingerprint(self.model)})
+
+    def _require_readout(self) -> None:
+        if not self.has_readout:
+            raise ValueError(f"{self.name} has no classification head, so there is nothing to read out; "
+                             "attach one (e.g. load_model(..., num_labels=2) for a text encoder) or use "
+                             "features only (readout=False)")
+
     def layers(self, batch, pooling: str = "cls", layers=None) -> torch.Tensor:
         """Features of `batch` after blocks `layers` (1-based; default all): (L', n, d)."""
-        check_pooling(pooling)
+        self.check_pooling(pooling)
         index = layer_indices(layers, self.num_layers)
-        hidden = self.hidden_states(batch)
+        hidden = self.hidden_states(batch, upto=max(index) + 1)
         return self.pool(hidden, pooling)[index]
 
-    def _select(self, hidden: Hidden, layers) -> torch.Tensor:
+    def _check_hidden(self, hidden: Hidden, layers, need_all: bool = False) -> list[int]:
+        """0-based indices of `layers` after checking that `hidden` holds them."""
         if not isinstance(hidden, Hidden):
-            raise ValueError(f"readout expects the Hidden returned by hidden_states(batch), got "
-                             f"{type(hidden).__name__}")
+            raise ValueError(f"expected the Hidden returned by hidden_states(batch), got {type(hidden).__name__}")
         index = layer_indices(layers, self.num_layers)
-        if index == list(range(self.num_layers)):
-            return hidden.states  # all layers in order: no copy
-        return hidden.states[index]
+        have = hidden.states.shape[0]
+        if (need_all and have != self.num_layers) or max(index) >= have:
+            raise ValueError(f"these hidden states hold blocks 1..{have} of {self.num_layers}; layer(s) "
+                             f"{[i + 1 for i in index]} need hidden_states(batch) with upto >= {max(index) + 1}"
+                             + (" (the readout of any layer needs layer L, the model's own prediction)"
+                                if need_all else ""))
+        return index
 
 
 # ---- our ViT -------------------------------------------------------------------------------------------
 class ViTAdapter(LayerAdapter):
     """Adapter for `layersim.models.VisionTransformer` (no hooks: it has `forward_intermediates`)."""
-
-    kind = "vision"
 
     def __init__(self, model: VisionTransformer, *, name: str | None = None, final_norm: bool = True):
         super().__init__(model, name=name or "layersim-vit", final_norm=final_norm)
@@ -252,37 +403,34 @@ class ViTAdapter(LayerAdapter):
     def settings(self) -> dict:
         return {**super().settings(), "config": asdict(self.model.config)}
 
-    def hidden_states(self, batch) -> Hidden:
-        x = batch.to(self.device) if isinstance(batch, torch.Tensor) else batch
-        states = self.model.forward_intermediates(x)  # checks the shape
+    def _images(self, batch) -> torch.Tensor:
+        c = self.model.config
+        return check_images(batch, (c.in_chans, c.image_size, c.image_size), self.dtype, self.device, self.name)
+
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        states = self.model.forward_intermediates(self._images(batch), upto=_check_upto(upto, self.num_layers))
         mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=states.device)
         return Hidden(states, mask, num_prefix=1)
 
     def logits(self, batch) -> torch.Tensor:
-        return self.model(batch.to(self.device) if isinstance(batch, torch.Tensor) else batch)
+        return self.model(self._images(batch))
 
     def norm(self, h):
         return self.model.norm(h)
 
-    def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
-        """(L', B, C): head(norm(CLS)) of every selected block (head(CLS) if final_norm=False)."""
-        if not isinstance(hidden, Hidden):
-            raise ValueError(f"readout expects the Hidden returned by hidden_states(batch), got "
-                             f"{type(hidden).__name__}")
-        cls = hidden.states[:, :, 0][layer_indices(layers, self.num_layers)]  # (L', B, d)
-        return self.model.head(self.model.norm(cls) if self.final_norm else cls)
+    def _head(self, vectors):
+        return self.model.head(vectors)
 
 
 # ---- timm ViT / DeiT -----------------------------------------------------------------------------------
 class TimmViTAdapter(LayerAdapter):
     """Adapter for timm ``VisionTransformer`` (ViT, DeiT incl. distilled, with or without class token).
 
-    Block outputs come from timm's own ``forward_intermediates`` (no hooks). The readout of block l is
-    ``model.forward_head(model.norm(h_l))``: the model's own final norm, pooling (token or average,
-    ``fc_norm``) and head -- for distilled DeiT the mean of the class and distillation heads, as in eval.
+    Block outputs come from timm's own ``forward_intermediates`` (no hooks). The readout of block l is the
+    model's own final norm, pooling (token or average, ``fc_norm``) and head -- for distilled DeiT the mean
+    of the class and distillation heads, as in eval (``forward_head``; a distilled head reads two tokens,
+    so it has no readout of single pooled vectors).
     """
-
-    kind = "vision"
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
         for attribute in ("forward_intermediates", "forward_head", "norm", "blocks", "patch_embed"):
@@ -296,28 +444,27 @@ class TimmViTAdapter(LayerAdapter):
         self.num_classes = model.num_classes or None
         self.num_prefix = model.num_prefix_tokens
         self.has_class_token = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
+        self.distilled = getattr(model, "head_dist", None) is not None
+        pool = getattr(model, "global_pool", "token")
+        if pool not in ("token", "avg"):
+            raise ValueError(f"{self.name} pools with global_pool={pool!r}; supported: 'token' and 'avg'")
+        self.readout_pooling = "cls" if pool == "token" else "mean"
 
     def settings(self) -> dict:
         return {**super().settings(), "class": f"{type(self.model).__module__}.{type(self.model).__name__}"}
 
-    def _check(self, x) -> torch.Tensor:
+    def _images(self, x) -> torch.Tensor:
         embed = self.model.patch_embed
-        size = tuple(embed.img_size) if embed.img_size is not None else None
-        channels = embed.proj.in_channels
-        ok = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == channels
-        if ok and size is not None and not getattr(embed, "dynamic_img_size", False):
-            ok = tuple(x.shape[2:]) == size
-        if not ok:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected images of shape (batch, {channels}, {size[0] if size else 'H'}, "
-                             f"{size[1] if size else 'W'}) for {self.name}, got {got}; "
-                             "resize with the model's data config (timm.data.resolve_data_config)")
-        return x.to(self.device)
+        size = tuple(embed.img_size) if embed.img_size is not None else (None, None)
+        if getattr(embed, "dynamic_img_size", False):
+            size = (None, None)
+        return check_images(x, (embed.proj.in_channels, *size), self.dtype, self.device, self.name)
 
-    def hidden_states(self, batch) -> Hidden:
-        x = self._check(batch)
-        out = self.model.forward_intermediates(x, indices=None, norm=False, output_fmt="NLC",
-                                               intermediates_only=True, return_prefix_tokens=True)
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        upto = _check_upto(upto, self.num_layers)
+        out = self.model.forward_intermediates(self._images(batch), indices=list(range(upto)), norm=False,
+                                               output_fmt="NLC", intermediates_only=True,
+                                               return_prefix_tokens=True, stop_early=True)
         if self.num_prefix:
             out = [torch.cat([prefix, spatial], dim=1) for spatial, prefix in out]
         states = torch.stack(out)
@@ -325,19 +472,36 @@ class TimmViTAdapter(LayerAdapter):
         return Hidden(states, mask, num_prefix=self.num_prefix)
 
     def logits(self, batch) -> torch.Tensor:
-        return self.model(self._check(batch))
+        return self.model(self._images(batch))
 
     def norm(self, h):
         return self.model.norm(h)
 
+    def _head(self, vectors):
+        if self.distilled:
+            raise ValueError(f"{self.name} is a distilled DeiT whose head reads two tokens (class and "
+                             "distillation); use readout(hidden), which applies forward_head to the tokens")
+        return self.model.head(self.model.head_drop(self.model.fc_norm(vectors)))
+
     def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
-        """(L', B, C): the model's own head (pool, fc_norm, head) on every selected block's tokens."""
+        if not self.distilled:
+            return super().readout(hidden, layers)
         self._require_readout()
-        states = self._select(hidden, layers)
+        index = self._check_hidden(hidden, layers)
+        states = hidden.states[index]
         L, B, T, d = states.shape
-        flat = states.reshape(L * B, T, d)
-        logits = self.model.forward_head(self.model.norm(flat) if self.final_norm else flat)
-        return logits.reshape(L, B, -1)
+        normed = torch.stack([self.norm(s) if (self.final_norm or i == self.num_layers - 1) else s
+                              for s, i in zip(states, index)])
+        return self.model.forward_head(normed.reshape(L * B, T, d)).reshape(L, B, -1)
+
+    def readout_chunks(self, hidden: Hidden, pooling: str, layers=None) -> Iterator[tuple]:
+        if not self.distilled:
+            yield from super().readout_chunks(hidden, pooling, layers)
+            return
+        self.check_readout_pooling(pooling)
+        index = self._check_hidden(hidden, layers, need_all=True)
+        final = self.readout(hidden, layers=self.num_layers)[0]
+        yield slice(0, final.shape[0]), self.readout(hidden, [i + 1 for i in index]), final
 
 
 # ---- Hugging Face --------------------------------------------------------------------------------------
@@ -349,6 +513,8 @@ class _HFText(LayerAdapter):
         super().__init__(model, name=name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
                          final_norm=final_norm)
         self.tokenizer = tokenizer
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
         self.max_length = max_length
         self.num_layers = model.config.num_hidden_layers
         self.width = model.config.hidden_size
@@ -361,7 +527,7 @@ class _HFText(LayerAdapter):
             spec = json.loads(tok.backend_tokenizer.to_str())
             for state in ("padding", "truncation"):  # set by the last call, not part of the vocabulary
                 spec.pop(state, None)
-            vocab = hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=16).hexdigest()
+            vocab = stable_hash(spec)
         return {**super().settings(), "max_length": self.max_length, "tokenizer": type(tok).__name__,
                 "vocab": vocab, "model_class": type(self.model).__name__}
 
@@ -387,6 +553,10 @@ class _HFText(LayerAdapter):
                                       return_tensors="pt"))
         elif hasattr(batch, "keys") and "input_ids" in batch:
             enc = {k: torch.as_tensor(v) for k, v in batch.items()}
+        elif is_list:
+            bad = next((i, s) for i, s in enumerate(batch) if not isinstance(s, str))
+            raise ValueError(f"{self.name} reads text: every item must be a string (or every item a pair of "
+                             f"strings), but item {bad[0]} is {type(bad[1]).__name__} ({bad[1]!r:.40})")
         else:
             what = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise ValueError(f"{self.name} reads text: expected a non-empty list of strings (or of text pairs) or "
@@ -394,12 +564,39 @@ class _HFText(LayerAdapter):
         ids = enc["input_ids"]
         if ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(ids.shape)}")
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequences of {ids.shape[1]} tokens exceed the context of {self.name} "
+                             f"({self.max_positions} positions); truncate or split them")
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if vocab is not None and ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}) for {self.name}, got ids up to {int(ids.max())}: "
+                             "was the text tokenised with another tokenizer than the model's?")
         enc.setdefault("attention_mask", torch.ones_like(ids))
         for name in ("attention_mask", "token_type_ids"):
             if name in enc and enc[name].shape != ids.shape:
                 raise ValueError(f"{name} {tuple(enc[name].shape)} does not match input_ids {tuple(ids.shape)}")
         keep = ("input_ids", "attention_mask", "token_type_ids")
         return {k: v.to(self.device) for k, v in enc.items() if k in keep}
+
+    @property
+    def max_positions(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2 ** 31
+
+    def _run(self, enc: dict, upto: int, **kwargs):
+        """The base model's forward over blocks 1..upto -> (outputs, hidden states of blocks 1..upto)."""
+        with truncated_blocks(self.base, upto if upto < self.num_layers else None) as truncated:
+            out = self.base(**enc, output_hidden_states=True, **kwargs)
+        states = list(out.hidden_states[1:])
+        expected = upto if truncated else self.num_layers
+        if len(states) != expected:
+            raise ValueError(f"{self.name}: expected {expected} hidden states after the embeddings, got "
+                             f"{len(states)}; this model family is not supported, write a LayerAdapter subclass")
+        return out, states[:upto]
 
 
 def _find_encoder_head(model: nn.Module):
@@ -428,44 +625,33 @@ class HFEncoder(_HFText):
 
     Hidden states come from ``output_hidden_states`` (index 0, the embeddings, is dropped). The encoders
     are post-norm, so there is no final norm: the readout of layer l is the model's own head on h_l
-    (BERT: classifier(pooler(h_l)), dropout off).
-    ``HFEncoder(path)`` loads a local folder (as in the first version of this module).
+    (BERT: classifier(pooler(h_l[CLS])), dropout off). Every head of this family reads the [CLS] vector.
     """
 
-    kind = "encoder"
-
-    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 128,
-                 num_labels: int | None = None):
-        if isinstance(model, (str, Path)):
-            model, tokenizer = _load_hf_encoder(str(model), num_labels=num_labels)
+    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 128):
         super().__init__(model, tokenizer, name=name, final_norm=final_norm, max_length=max_length)
-        self._head, self.head_formula = _find_encoder_head(model)
-        self.num_classes = model.config.num_labels if self._head is not None else None
+        self._sequence_head, self.head_formula = _find_encoder_head(model)
+        self.num_classes = model.config.num_labels if self._sequence_head is not None else None
 
     def readout_formula(self) -> str:
         return (self.head_formula or "no head") + " (post-norm encoder: no final norm)"
 
-    def hidden_states(self, batch) -> Hidden:
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
         enc = self.encode(batch)
-        out = self.base(**enc, output_hidden_states=True)
-        states = torch.stack(out.hidden_states[1:])
-        return Hidden(states, enc["attention_mask"].bool(), input_ids=enc["input_ids"])
+        _, states = self._run(enc, _check_upto(upto, self.num_layers))
+        return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
 
     def logits(self, batch) -> torch.Tensor:
         self._require_readout()
         return self.model(**self.encode(batch)).logits
 
-    def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
-        """(L', B, C): the model's classification head on every selected block's tokens."""
-        self._require_readout()
-        states = self._select(hidden, layers)
-        L, B, T, d = states.shape
-        logits = self._head(states.reshape(L * B, T, d))
-        if logits.shape != (L * B, self.num_classes):
+    def _head(self, vectors):
+        logits = self._sequence_head(vectors[:, None, :])  # the heads read position 0 of a sequence
+        if logits.shape != (vectors.shape[0], self.num_classes):
             raise ValueError(f"the head of {type(self.model).__name__} ({self.head_formula}) gave shape "
                              f"{tuple(logits.shape)}, not (batch, {self.num_classes}): this model family is not "
                              "supported; write a LayerAdapter subclass for it")
-        return logits.reshape(L, B, -1)
+        return logits
 
 
 FINAL_NORM_NAMES = ("ln_f", "norm", "final_layernorm", "norm_f", "final_norm")
@@ -474,14 +660,17 @@ FINAL_NORM_NAMES = ("ln_f", "norm", "final_layernorm", "norm_f", "final_norm")
 class HFCausalLM(_HFText):
     """Adapter for Hugging Face causal LMs (GPT-2, Llama-style incl. SmolLM2, ...).
 
-    Readout of layer l: ``lm_head(norm(h_l))`` with the model's final norm (``ln_f`` for GPT-2, ``norm``
-    for Llama) when ``final_norm=True`` (default), ``lm_head(h_l)`` when False (as the authors' GPT-2 code).
-    Hidden states 1..L-1 come from ``output_hidden_states``; Hugging Face returns layer L after the final
-    norm, so the raw output of block L is captured at the input of the final norm (`capture_input`).
+    Every token position is a sample (pooling "tokens", the readout pooling); its target is the next token.
+    Readout of layer l: ``lm_head(norm(h_l))`` with the model's final norm (``ln_f`` for GPT-2, ``norm`` for
+    Llama) when ``final_norm=True`` (default); ``lm_head(h_l)`` for l < L when False, as the authors' GPT-2
+    code (layer L is always the model's own prediction). Hidden states 1..L-1 come from
+    ``output_hidden_states``; Hugging Face returns layer L after the final norm, so the raw output of
+    block L is captured at the input of the final norm (`capture_input`).
     """
 
-    kind = "causal-lm"
     has_class_token = False
+    readout_pooling = "tokens"
+    vocabulary_readout = True
 
     def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 256,
                  norm: nn.Module | None = None):
@@ -505,11 +694,40 @@ class HFCausalLM(_HFText):
             raise ValueError(f"{type(model).__name__} rescales its logits after lm_head (softcapping/logit "
                              "scale), which this adapter does not reproduce; write a subclass")
         self.num_classes = self.head.out_features
-        if tokenizer is not None and tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
+        if tokenizer is not None:
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
+            if len(tokenizer) > self.num_classes:
+                raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {self.name} reads out only "
+                                 f"{self.num_classes}: they do not belong together")
+
+    @property
+    def poolings(self) -> tuple:
+        return ("mean", "last", "tokens")
+
+    @property
+    def readout_poolings(self) -> tuple:
+        return ("tokens", "last")
+
+    def head_pooling(self, pooling: str) -> str:
+        return pooling  # the LM head reads each token that is a sample
+
+    def check_pooling(self, pooling: str) -> None:
+        check_pooling(pooling)
+        if pooling == "cls":
+            raise ValueError("a causal language model has no CLS token (its first token sees only itself); "
+                             "use pooling='last', 'mean' or 'tokens'")
+
+    def check_readout_pooling(self, pooling: str) -> None:
+        self.check_pooling(pooling)
+        if pooling not in self.readout_poolings:
+            raise ValueError("a language model reads out one token at a time: use pooling='tokens' or 'last' "
+                             "with readout, or readout=False")
 
     def readout_formula(self) -> str:
-        return f"lm_head({self.norm_name}(h_l))" if self.final_norm else f"lm_head(h_l) ({self.norm_name} skipped)"
+        if self.final_norm:
+            return f"lm_head({self.norm_name}(h_l))"
+        return f"lm_head(h_l) ({self.norm_name} skipped) for l < L, lm_head({self.norm_name}(h_L)) for l = L"
 
     def sample_mask(self, hidden: Hidden, pooling: str) -> torch.Tensor:
         """(B, T) bool: real positions whose next position is real too (each has a next-token target)."""
@@ -521,15 +739,21 @@ class HFCausalLM(_HFText):
         targets = torch.cat([hidden.input_ids[:, 1:], hidden.input_ids[:, :1]], dim=1)
         return targets[self.sample_mask(hidden, "tokens")]
 
-    def hidden_states(self, batch) -> Hidden:
+    def targets(self, hidden: Hidden, labels=None, pooling: str | None = None) -> torch.Tensor | None:
+        """The next token of every sample for pooling 'tokens' (the default); None for other poolings,
+        whose next token is unknown. `labels` are ignored: the text is its own target."""
+        return self.next_tokens(hidden) if (pooling or self.readout_pooling) == "tokens" else None
+
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
         enc = self.encode(batch)
+        upto = _check_upto(upto, self.num_layers)
         with capture_input(self.norm_module) as seen:
-            out = self.base(**enc, output_hidden_states=True, use_cache=False)
-        if len(out.hidden_states) != self.num_layers + 1 or len(seen) != 1:
-            raise ValueError(f"{self.name}: expected {self.num_layers + 1} hidden states and one call of the "
-                             f"final norm, got {len(out.hidden_states)} and {len(seen)}")
-        states = torch.stack(list(out.hidden_states[1:-1]) + [seen[0]])
-        return Hidden(states, enc["attention_mask"].bool(), input_ids=enc["input_ids"])
+            _, states = self._run(enc, upto, use_cache=False)
+        if len(seen) != 1:
+            raise ValueError(f"{self.name}: expected one call of the final norm, got {len(seen)}")
+        # the last returned state went through the final norm: take the raw block output from its input
+        states = states[:-1] + [seen[0]] if upto == len(states) else states
+        return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
 
     def logits(self, batch) -> torch.Tensor:
         return self.model(**self.encode(batch), use_cache=False).logits
@@ -537,17 +761,14 @@ class HFCausalLM(_HFText):
     def norm(self, h):
         return self.norm_module(h)
 
-    def readout_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
-        """(..., d) hidden vectors of any layer -> (..., V) logits: lm_head(norm(h)) (lm_head(h) if
-        final_norm=False)."""
-        if vectors.shape[-1] != self.width:
-            raise ValueError(f"expected vectors of width {self.width}, got shape {tuple(vectors.shape)}")
-        return self.head(self.norm_module(vectors) if self.final_norm else vectors)
+    def _head(self, vectors):
+        return self.head(vectors)
 
     def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
         """(L', B, T, V) next-token logits of every selected layer at every position (large: for many
-        tokens use ``readout_vectors`` on chunks, as `layersim.extract` does)."""
-        return self.readout_vectors(self._select(hidden, layers))
+        tokens use `readout_chunks`, as `layersim.extract` does)."""
+        index = self._check_hidden(hidden, layers)
+        return torch.stack([self.readout_vectors(hidden.states[i], layer=i + 1) for i in index])
 
 
 # ---- choosing an adapter -------------------------------------------------------------------------------
@@ -567,9 +788,11 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         cls_name = type(model).__name__
         if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
             return HFCausalLM(model, tokenizer, **kwargs)
-        if getattr(model.config, "is_decoder", False) or getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError(f"{cls_name} is not a supported Hugging Face model: load a decoder with "
-                             "AutoModelForCausalLM")
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError(f"{cls_name} belongs to an encoder-decoder family ({model.config.model_type}), which "
+                             "layersim does not read; supported: encoders (BERT family) and causal LMs")
+        if getattr(model.config, "is_decoder", False):
+            raise ValueError(f"{cls_name} is configured as a decoder: load it with AutoModelForCausalLM")
         if cls_name.endswith("ForSequenceClassification") or cls_name.endswith("Model"):
             if not is_encoder_type(model.config.model_type):
                 raise ValueError(f"{cls_name} is a decoder without its language-model head; load it with "
@@ -587,14 +810,3 @@ def is_encoder_type(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def _load_hf_encoder(path: str, num_labels: int | None = None):
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if num_labels is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    else:
-        model = AutoModel.from_pretrained(path)
-    return model.eval(), tokenizer

@@ -16,14 +16,15 @@ C classes.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..storage import atomic_save
+from .inputs import check_images
 
 
 @dataclass
@@ -41,12 +42,20 @@ class ViTConfig:
     multi_exit: bool = False
 
     def __post_init__(self):
+        for name in ("image_size", "in_chans", "patch_size", "depth", "width", "heads", "num_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or not self.mlp_ratio > 0:
+            raise ValueError(f"ViTConfig.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.multi_exit, bool):
+            raise ValueError(f"ViTConfig.multi_exit must be True or False, got {self.multi_exit!r}")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"patch_size {self.patch_size} is larger than image_size {self.image_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.depth < 1 or self.num_classes < 1:
-            raise ValueError(f"depth and num_classes must be >= 1, got {self.depth} and {self.num_classes}")
 
     @property
     def num_patches(self) -> int:
@@ -135,26 +144,28 @@ class VisionTransformer(nn.Module):
         return self.config.width
 
     # ---- forward passes -------------------------------------------------------------------------
-    def _check_images(self, x: torch.Tensor) -> None:
+    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the shape, cast floating images to the weights' dtype, refuse integer or non-finite ones."""
         c = self.config
-        expected = (c.in_chans, c.image_size, c.image_size)
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected images of shape (batch, {c.in_chans}, {c.image_size}, {c.image_size}), "
-                             f"got {got}; resize the images or build the model with a matching ViTConfig")
+        return check_images(x, (c.in_chans, c.image_size, c.image_size), self.patch_embed.weight.dtype,
+                            self.patch_embed.weight.device, "this VisionTransformer")
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) images -> (B, T, d) tokens entering block 1 (CLS first, position added)."""
-        self._check_images(x)
+        x = self._check_images(x)
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, num_patches, d)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
-    def forward_intermediates(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) images -> (L, B, T, d): the tokens after each block 1..L (no final norm)."""
+    def forward_intermediates(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """(B, C_in, H, W) images -> (upto, B, T, d): the tokens after each block 1..upto (default L; no
+        final norm). Blocks after `upto` are not run."""
+        upto = self.config.depth if upto is None else upto
+        if not 1 <= upto <= self.config.depth:
+            raise ValueError(f"upto must be a layer in 1..{self.config.depth}, got {upto}")
         h = self.embed(x)
         states = []
-        for block in self.blocks:
+        for block in self.blocks[:upto]:
             h = block(h)
             states.append(h)
         return torch.stack(states)
@@ -196,27 +207,27 @@ class VisionTransformer(nn.Module):
 
     # ---- saving ------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Save config and weights to one file (written to a temporary file, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"format": "layersim.vit", "config": asdict(self.config),
-                        "state_dict": self.state_dict()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        """Save config and weights to one file (atomically: a temporary file renamed into place)."""
+        atomic_save({"format": "layersim.vit", "config": asdict(self.config), "state_dict": self.state_dict()}, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location="cpu") -> "VisionTransformer":
         """Load a model written by `save` (or any dict with 'config' and 'state_dict' of this class)."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ViT checkpoint at {path}")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # unpickling errors of every kind: truncated, not a torch file, foreign objects
+            raise ValueError(f"{path} is not a readable layersim ViT checkpoint (written by "
+                             f"VisionTransformer.save): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
         if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
             raise ValueError(f"{path} is not a layersim ViT checkpoint (a dict with 'config' and 'state_dict')")
-        model = cls(ViTConfig(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
+        try:
+            model = cls(ViTConfig(**checkpoint["config"]))
+            model.load_state_dict(checkpoint["state_dict"])
+        except (TypeError, RuntimeError) as e:
+            raise ValueError(f"{path} holds a config or weights that do not fit a layersim ViT: {e}") from e
         return model.eval()
 
 
