@@ -122,12 +122,21 @@ def test_cache_roundtrip_and_key(vit, image_data, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp", ".trash"))]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "missing"])
+META_DAMAGE = {"meta-empty-object": lambda m: {}, "meta-list": lambda m: [], "meta-no-fields": lambda m: {
+    k: v for k, v in m.items() if k != "fields"}, "meta-field-without-bytes": lambda m: {
+    **m, "fields": {k: {kk: vv for kk, vv in v.items() if kk != "bytes"} for k, v in m["fields"].items()}},
+    "meta-fields-empty": lambda m: {**m, "fields": {}}}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "missing", *META_DAMAGE])
 def test_corrupt_cache_entry_is_rebuilt(vit, image_data, tmp_path, damage):
     x, y = image_data
     first = extract(vit, x, labels=y, cache_dir=tmp_path, progress=False)
     features = first.path / "features.npy"
-    if damage == "truncate":
+    if damage in META_DAMAGE:
+        meta = json.loads((first.path / "meta.json").read_text())
+        (first.path / "meta.json").write_text(json.dumps(META_DAMAGE[damage](meta)))
+    elif damage == "truncate":
         features.write_bytes(features.read_bytes()[:-100])
     elif damage == "flip":
         data = bytearray(features.read_bytes())
@@ -289,3 +298,55 @@ def test_bad_input(vit, image_data, tiny_llama, tmp_path):
         extract(vit, x, dtype=torch.int32, progress=False)
     with pytest.raises(ValueError, match="list of strings"):
         extract(tiny_llama, x, pooling="tokens", progress=False)
+
+
+def test_leftovers_of_killed_writers_are_cleaned_up(vit, image_data, tmp_path):
+    """A writer killed mid-write leaves its temporary folder; a replaced entry its trash: the next call
+    removes both (the temporary folder only once its writer's process is gone)."""
+    import subprocess
+
+    x, y = image_data
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    orphan = tmp_path / f".tmp-entry-{dead.pid}-deadbeef"
+    (orphan / "features.0.part").parent.mkdir(parents=True)
+    (orphan / "features.0.part").write_bytes(b"half")
+    live = tmp_path / f".tmp-other-{os.getpid()}-cafecafe"  # a writer that still runs: left alone
+    live.mkdir()
+    trash = tmp_path / ".trash-old-entry-1-abcdabcd"
+    trash.mkdir()
+    os.utime(trash, (0, 0))
+    extract(vit, x, labels=y, cache_dir=tmp_path, progress=False)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert orphan.name not in names and trash.name not in names and live.name in names
+
+
+def test_bad_batch_size_and_labels(vit, image_data):
+    x, y = image_data
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            extract(vit, x, batch_size=bad, progress=False)
+    with pytest.raises(TypeError, match="integer class indices"):
+        extract(vit, x, labels=y.float() + 0.5, progress=False)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\)"):
+        extract(vit, x, labels=y + 6, progress=False)
+    nan_images = x.clone()
+    nan_images[3, 0, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        extract(vit, nan_images, progress=False)
+    with pytest.raises(ValueError, match="feature_norm"):
+        extract(vit, x, feature_norm="yes", progress=False)
+
+
+def test_authors_gpt2_feature_convention(tiny_llama):
+    """feature_norm="hf": layers 1..L-1 raw, layer L normed, as Hugging Face's output_hidden_states."""
+    raw = extract(tiny_llama, TEXTS, pooling="tokens", progress=False)
+    hf = extract(tiny_llama, TEXTS, pooling="tokens", feature_norm="hf", progress=False)
+    assert torch.equal(hf.features[:-1], raw.features[:-1])
+    with torch.no_grad():
+        assert torch.allclose(hf.features[-1], tiny_llama.norm(raw.features[-1]), atol=1e-6)
+        enc = tiny_llama.encode(TEXTS)
+        out = tiny_llama.model(**enc, output_hidden_states=True)
+    hidden = tiny_llama.hidden_states(TEXTS)
+    mask = tiny_llama.sample_mask(hidden, "tokens")
+    assert torch.allclose(hf.features[-1], out.hidden_states[-1][mask], atol=1e-5)

@@ -405,3 +405,183 @@ def test_smollm2_offline(smollm2):
         assert torch.allclose(final[real], out.logits[real], atol=1e-4)
     words = [smollm2.tokenizer.decode(int(i)) for i in last[-1].argmax(-1)]
     assert words == [" Paris", " five"]
+
+
+# ---- the reshape: readout conventions of decoders, truncated forwards, exit heads -------------------------
+@pytest.mark.parametrize("kind,norm_name", [("gpt2", "ln_f"), ("llama", "norm")])
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_decoder_readout_of_last_layer_is_the_models_prediction(tokenizer, kind, norm_name, final_norm):
+    """Whatever final_norm says, layer L reads as the model's own logits; layers 1..L-1 match a reference
+    computed by hand from Hugging Face's output_hidden_states (lm_head(norm(h)) or lm_head(h))."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_text_config(kind, len(tokenizer))).eval()
+    adapter = adapt(model, tokenizer, final_norm=final_norm)
+    norm = getattr(model.base_model, norm_name)
+    with torch.no_grad():
+        enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        out = model(**enc, output_hidden_states=True)
+        logits = adapter.readout(adapter.hidden_states(TEXTS))  # (L, B, T, V)
+        real = enc["attention_mask"].bool()
+        assert torch.equal(logits[-1][real], out.logits[real])  # exactly the model's computation
+        for l in range(2):  # hidden layers, by hand
+            h = out.hidden_states[l + 1]
+            expected = model.lm_head(norm(h) if final_norm else h)
+            assert torch.allclose(logits[l], expected, atol=1e-6)
+        tokens = adapter.pool(adapter.hidden_states(TEXTS), "tokens")
+        chunks = list(adapter.readout_chunks(adapter.hidden_states(TEXTS), "tokens"))
+        assert torch.equal(torch.cat([c[2] for c in chunks]), adapter.readout_vectors(tokens[-1], layer=3))
+    if not final_norm:
+        assert "skipped" in adapter.readout_formula() and "for l = L" in adapter.readout_formula()
+
+
+def test_smollm2_last_layer_reads_as_its_logits_without_final_norm(smollm2):
+    raw = HFCausalLM(smollm2.model, smollm2.tokenizer, final_norm=False)
+    texts = ["The capital of France is"]
+    with torch.no_grad():
+        final = raw.readout(raw.hidden_states(texts), layers=[30])[0]
+        assert torch.equal(final, smollm2.model(**smollm2.encode(texts)).logits)
+
+
+def _tiny_models(tokenizer):
+    torch.manual_seed(0)
+    timm_vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TIMM_TINY)
+    bert = transformers.BertForSequenceClassification(tiny_text_config("bert", len(tokenizer)))
+    gpt2 = transformers.GPT2LMHeadModel(tiny_text_config("gpt2", len(tokenizer)))
+    return {"timm": (timm_vit, torch.randn(4, 3, 32, 32)), "bert": (bert, TEXTS), "gpt2": (gpt2, TEXTS),
+            "ours": (VisionTransformer(CFG), images())}
+
+
+@pytest.mark.parametrize("name", ["ours", "timm", "bert", "gpt2"])
+def test_truncated_forward_equals_the_first_blocks_of_the_full_one(tokenizer, name):
+    model, batch = _tiny_models(tokenizer)[name]
+    adapter = adapt(model.eval(), tokenizer)
+    calls = []
+    blocks = model.blocks if name in ("ours", "timm") else (model.bert.encoder.layer if name == "bert"
+                                                           else model.transformer.h)
+    handles = [b.register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            full = adapter.hidden_states(batch)
+            calls.clear()
+            part = adapter.hidden_states(batch, upto=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [0, 1]  # block 3 never ran
+    assert part.states.shape[0] == 2 and torch.allclose(part.states, full.states[:2], atol=1e-6)
+    with pytest.raises(ValueError, match=r"numbered 1\.\.3"):
+        adapter.hidden_states(batch, upto=4)
+
+
+@pytest.mark.parametrize("name", ["timm", "bert", "gpt2", "ours"])
+def test_exit_heads_train_from_one_forward_on_any_adapter(tokenizer, name):
+    """One forward gives the shared readout and every exit head's logits; head l on layer l equals the
+    head applied by hand to hidden_states at layer l; one optimizer step moves every head."""
+    from layersim.models import ExitHeads
+
+    model, batch = _tiny_models(tokenizer)[name]
+    if name == "ours":
+        model = VisionTransformer(CFG, multi_exit=True)
+    adapter = adapt(model.train(), tokenizer)
+    heads = ExitHeads.for_adapter(adapter)
+    L, d, C = adapter.num_layers, adapter.width, adapter.num_classes
+    assert heads.num_parameters == (L - 1) * (C * d + C)
+    if name == "ours":
+        assert heads.heads is model.exit_heads  # the ViT keeps its heads (and its saved format)
+    before = [h.weight.detach().clone() for h in heads.heads]
+    optimizer = torch.optim.SGD(list(model.parameters()) + list(heads.parameters()), lr=0.1)
+    with eval_mode(model):  # dropout off, so the by-hand check below sees the same numbers
+        hidden = adapter.hidden_states(batch)
+        vectors = adapter.pool(hidden, adapter.readout_pooling)
+        shared = adapter.readout_stack(vectors)
+        exits = heads.logits(adapter, vectors)
+    assert shared.shape == exits.shape and torch.equal(shared[-1], exits[-1])
+    for l in range(L - 1):  # by hand: pool layer l of hidden_states, final norm, the layer's own linear head
+        by_hand = adapter.pool(hidden, adapter.readout_pooling)[l]
+        by_hand = heads.heads[l](adapter.norm(by_hand))
+        assert torch.allclose(exits[l], by_hand, atol=1e-6)
+    if name != "gpt2":  # (a causal LM's readout is per token: checked in the decoder test)
+        with torch.no_grad(), eval_mode(model):
+            assert torch.allclose(shared[-1], adapter.logits(batch), atol=1e-5)
+    targets = adapter.targets(hidden, torch.arange(len(batch)) % C)
+    loss = sum(torch.nn.functional.cross_entropy(logit, targets) for logit in exits)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(b, h.weight) for b, h in zip(before, heads.heads))
+
+
+def test_adapters_never_ask_for_the_model_family():
+    """Extraction, training and early exit call one interface: no branch on a model kind outside adapters."""
+    import pathlib
+    import re
+
+    import layersim
+
+    root = pathlib.Path(layersim.__file__).parent
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.parent.name != "models"
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"\w\.kind\s*[=!]=|isinstance\([^)]*(HFCausalLM|HFEncoder|ViTAdapter|TimmViTAdapter)", line)]
+    assert offenders == []
+
+
+def test_encoder_decoder_models_are_named_as_such():
+    config = transformers.T5Config(vocab_size=100, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
+    with pytest.raises(ValueError, match="encoder-decoder family"):
+        adapt(transformers.T5EncoderModel(config))
+
+
+# ---- bad input to models (issue 8) -------------------------------------------------------------------------
+def test_vit_casts_float_images_and_refuses_integer_or_nonfinite_ones():
+    model = VisionTransformer(CFG).eval()
+    x = images()
+    with torch.no_grad():
+        reference = model(x)
+        assert torch.allclose(model(x.double()), reference, atol=1e-5)
+        assert torch.allclose(model(x.half()), reference, atol=5e-2)
+        assert torch.allclose(adapt(model).logits(x.to(torch.bfloat16)), reference, atol=1e-1)
+        with pytest.raises(ValueError, match="floating-point images, got dtype torch.uint8"):
+            model((x * 100).clamp(0, 255).to(torch.uint8))
+        bad = x.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            adapt(model).hidden_states(bad)
+
+
+@pytest.mark.parametrize("field,value", [("patch_size", 0), ("heads", 0), ("in_chans", 0), ("image_size", 0),
+                                         ("depth", 0), ("width", -8), ("patch_size", 2.5), ("mlp_ratio", 0)])
+def test_vit_config_rejects_nonsense(field, value):
+    with pytest.raises(ValueError, match=f"ViTConfig.{field}"):
+        ViTConfig(**{field: value})
+
+
+def test_loading_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04 this is not a checkpoint")
+    for load in (lambda: load_model(garbage), lambda: VisionTransformer.load(garbage)):
+        with pytest.raises(ValueError, match=r"garbage\.pt is not a readable layersim ViT checkpoint"):
+            load()
+    truncated = tmp_path / "truncated.pt"
+    VisionTransformer(CFG).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(ValueError, match="truncated.pt is not a readable"):
+        VisionTransformer.load(truncated)
+
+
+def test_text_adapter_names_the_item_of_the_wrong_type(tokenizer):
+    bert = adapt(transformers.BertModel(tiny_text_config("bert", len(tokenizer))).eval(), tokenizer)
+    with pytest.raises(ValueError, match="item 1 is NoneType"):
+        bert.hidden_states(["a", None])
+
+
+def test_labels_are_checked_at_the_boundary():
+    adapter = adapt(VisionTransformer(CFG).eval())
+    with torch.no_grad():
+        hidden = adapter.hidden_states(images())
+    assert torch.equal(adapter.targets(hidden, [0, 1, 2, 4]), torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        adapter.targets(hidden, torch.tensor([0.0, 1.7, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*\[5, 9\]"):
+        adapter.targets(hidden, [0, 5, 9, 1])
+    with pytest.raises(ValueError, match="one integer label per input"):
+        adapter.targets(hidden, [0, 1])

@@ -788,7 +788,7 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         cls_name = type(model).__name__
         if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
             return HFCausalLM(model, tokenizer, **kwargs)
-        if getattr(model.config, "is_encoder_decoder", False):
+        if getattr(model.config, "is_encoder_decoder", False) or is_seq2seq_type(model.config.model_type):
             raise ValueError(f"{cls_name} belongs to an encoder-decoder family ({model.config.model_type}), which "
                              "layersim does not read; supported: encoders (BERT family) and causal LMs")
         if getattr(model.config, "is_decoder", False):
@@ -810,3 +810,10 @@ def is_encoder_type(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def is_seq2seq_type(model_type: str) -> bool:
+    """True for Hugging Face model types of encoder-decoder families (T5, BART, ...), even for their encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
