@@ -24,9 +24,10 @@ lab: setup
 setup: $(STAMP)
 	@$(PY) -m layersim.data install
 
-$(STAMP): pyproject.toml
+# the exact tested versions: constraints.txt; pyproject.toml's ranges are for people who import the library
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $@
 
 clean-results:
