@@ -1,0 +1,118 @@
+"""A linear layer fused with cross-entropy, computed in chunks of rows, so that a large vocabulary never
+materialises the full (tokens, V) logits (in the spirit of Liger-Kernel's and Cut Cross-Entropy's fused
+linear cross-entropy, in plain PyTorch).
+
+The aligned loss of a language model applies the LM head to every layer: done naively it holds
+(L, tokens, V) logits and their gradients -- gigabytes at GPT-2's shape (12 x 1,024 x 50,257 floats is
+2.5 GB, twice with gradients). Here each chunk of rows is projected, its loss and the gradient of that
+loss with respect to the chunk's inputs and the weight are formed at once, and the chunk's logits are
+freed before the next one: peak memory grows with one chunk of logits, not with tokens x V (and never
+with L, since the layers are processed one after another).
+
+>>> loss = linear_cross_entropy(h, lm_head.weight, None, targets)          # mean over non-ignored rows
+>>> loss.backward()                                                        # grads of h and the weight
+
+Shapes: h (N, d) inputs of the linear layer (already normed where the model norms); weight (V, d);
+bias (V,) or None; targets (N,) int64 in [0, V) or `ignore_index`.
+Numerics: logits, log-sum-exp and gradients are computed in float32 (float64 for float64 inputs) whatever
+the input dtype (bf16 training keeps float32 accuracy for the loss); gradients come back in the inputs'
+dtypes.
+"""
+from __future__ import annotations
+
+import torch
+
+DEFAULT_CHUNK_ROWS = 1024
+IGNORE_INDEX = -100
+
+
+def _check(hidden, weight, bias, targets, chunk_rows, ignore_index):
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
+        raise ValueError(f"hidden must be a (N, d) tensor, got {tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"weight must be (V, {hidden.shape[1]}) to read hidden of width {hidden.shape[1]}, "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if not isinstance(targets, torch.Tensor) or targets.shape != (hidden.shape[0],) or targets.is_floating_point():
+        raise ValueError(f"targets must be a ({hidden.shape[0]},) integer tensor (one per row of hidden), got "
+                         f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+    valid = targets != ignore_index
+    if valid.any() and (targets[valid].min() < 0 or targets[valid].max() >= weight.shape[0]):
+        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (or be {ignore_index} to ignore a row); "
+                         f"got values from {int(targets[valid].min())} to {int(targets[valid].max())}: does the "
+                         "tokenizer's vocabulary match the model's?")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum over rows of CE(hidden @ weight.T + bias, targets), with gradients formed chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, ignore_index: int):
+        need_grad = any(ctx.needs_input_grad[:3])
+        dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+        w32 = weight.to(dtype)
+        b32 = bias.to(dtype) if bias is not None else None
+        total = torch.zeros((), dtype=dtype, device=hidden.device)
+        grad_hidden = torch.zeros_like(hidden, dtype=dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(w32) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(b32) if (bias is not None and ctx.needs_input_grad[2]) else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start:start + chunk_rows].to(dtype)
+            t = targets[start:start + chunk_rows]
+            logits = h @ w32.T
+            if b32 is not None:
+                logits += b32
+            valid = t != ignore_index
+            safe_t = torch.where(valid, t, torch.zeros_like(t))
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, safe_t[:, None])[:, 0]
+            total += ((lse - picked) * valid).sum()
+            if need_grad:
+                # d/dlogits of CE = softmax - onehot(target), zero for ignored rows; reuse the logits' memory
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0
+                grad *= valid[:, None]
+                if grad_hidden is not None:
+                    grad_hidden[start:start + chunk_rows] = grad @ w32
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad.T, h)
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
+            del logits
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias)))
+        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        out = []
+        for has, grad, dtype in zip(ctx.has, saved, ctx.dtypes):
+            out.append((grad * grad_output).to(dtype) if has else None)
+        return out[0], out[1], out[2], None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         targets: torch.Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                         ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T + bias`` against `targets`, without materialising the logits.
+
+    hidden (N, d), weight (V, d), bias (V,) or None, targets (N,) -> a scalar: the mean over rows whose
+    target is not `ignore_index` (reduction="mean"), or their sum ("sum"). Equal to
+    ``F.cross_entropy(F.linear(hidden, weight, bias), targets)`` (values and gradients) up to float
+    rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time, plus the weight's gradient.
+    """
+    _check(hidden, weight, bias, targets, chunk_rows, ignore_index)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index)
+    if reduction == "sum":
+        return total
+    count = (targets != ignore_index).sum()
+    if int(count) == 0:
+        raise ValueError("every target is ignore_index: there is nothing to compute a mean loss over")
+    return total / count
