@@ -44,6 +44,7 @@ import json
 import operator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from dataclasses import field, replace
 from typing import Iterator, Sequence
 
 import torch
@@ -70,6 +71,59 @@ class Hidden:
     mask: torch.Tensor
     input_ids: torch.Tensor | None = None
     num_prefix: int = 0
+
+
+@dataclass
+class BlockState:
+    """A batch between two blocks, for running a model block by block (`LayerAdapter.begin`, ``run_blocks``).
+
+    tokens: (B, T, d) output of block `layer` (layer 0: the embedded input entering block 1).
+    layer: number of blocks run so far (0..L).
+    mask: (B, T) bool, True at real tokens. input_ids: (B, T) for text, else None.
+    num_prefix: leading non-content tokens (vision: CLS, distillation, register tokens).
+    index: (B,) position of every sample in the batch given to ``begin`` (samples leave with `select`).
+    block_args, block_kwargs: what every block call gets besides the tokens (Hugging Face: the attention
+        mask, position ids, ...); tensors whose first dimension is the batch are selected with it.
+    """
+
+    tokens: torch.Tensor
+    layer: int
+    mask: torch.Tensor
+    index: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    num_prefix: int = 0
+    block_args: tuple = ()
+    block_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, keep) -> "BlockState":
+        """The state of the samples `keep` only: a (B,) bool mask or a 1-D tensor of row indices."""
+        keep = torch.as_tensor(keep, device=self.tokens.device)
+        if keep.dtype == torch.bool:
+            if keep.shape != (self.batch_size,):
+                raise ValueError(f"a bool selection must have shape ({self.batch_size},), got {tuple(keep.shape)}")
+            keep = keep.nonzero()[:, 0]
+        elif keep.dim() != 1 or keep.is_floating_point() or keep.is_complex():
+            raise ValueError(f"select takes a (B,) bool mask or a 1-D tensor of row indices, got shape "
+                             f"{tuple(keep.shape)} ({keep.dtype})")
+        size = self.batch_size
+
+        def take(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+                return value[keep.to(value.device)]
+            return value  # broadcast over the batch (first dimension 1), or not a tensor
+
+        return replace(self, tokens=self.tokens[keep], mask=self.mask[keep], index=self.index[keep.to(self.index.device)],
+                       input_ids=None if self.input_ids is None else self.input_ids[keep],
+                       block_args=tuple(take(a) for a in self.block_args),
+                       block_kwargs={k: take(v) for k, v in self.block_kwargs.items()})
+
+    def hidden(self) -> Hidden:
+        """The state as a one-layer `Hidden` (states (1, B, T, d)), e.g. for ``adapter.pool``."""
+        return Hidden(self.tokens[None], self.mask, self.input_ids, self.num_prefix)
 
 
 # ---- context managers --------------------------------------------------------------------------------
@@ -210,6 +264,31 @@ class LayerAdapter:
     def norm(self, h: torch.Tensor) -> torch.Tensor:
         """The model's final norm applied to (..., d) vectors (identity for post-norm encoders)."""
         return h
+
+    # -- block by block (per-sample early exit, FLOPs per block)
+    def block_modules(self) -> list[nn.Module]:
+        """The model's L transformer blocks, in order."""
+        raise NotImplementedError(f"{self.name}: this adapter does not expose its blocks")
+
+    def begin(self, batch) -> BlockState:
+        """`batch` embedded, entering block 1: a `BlockState` at layer 0 (the tokens, and whatever else the
+        blocks take: attention mask, position ids). Then ``run_blocks(state, l)`` runs blocks up to l."""
+        raise NotImplementedError(f"{self.name} ({type(self).__name__}) cannot be run block by block: supported "
+                                  "are our ViT, timm ViT/DeiT and Hugging Face encoders; for a fixed exit layer use "
+                                  "hidden_states(batch, upto=l)")
+
+    def run_blocks(self, state: BlockState, stop: int) -> BlockState:
+        """Run blocks state.layer+1 .. stop (1-based; state.layer <= stop <= L) -> the state after block stop."""
+        if not isinstance(state, BlockState):
+            raise ValueError(f"run_blocks takes the BlockState of begin(batch), got {type(state).__name__}")
+        if isinstance(stop, bool) or not isinstance(stop, int) or not state.layer <= stop <= self.num_layers:
+            raise ValueError(f"stop must be a layer in {state.layer}..{self.num_layers} (the state is after block "
+                             f"{state.layer}), got {stop!r}")
+        tokens = state.tokens
+        for block in self.block_modules()[state.layer:stop]:
+            out = block(tokens, *state.block_args, **state.block_kwargs)
+            tokens = out[0] if isinstance(out, (tuple, list)) else out
+        return replace(state, tokens=tokens, layer=stop)
 
     def settings(self) -> dict:
         """Everything besides the weights that changes what the adapter returns (for cache keys)."""
@@ -421,6 +500,14 @@ class ViTAdapter(LayerAdapter):
     def _head(self, vectors):
         return self.model.head(vectors)
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def begin(self, batch) -> BlockState:
+        tokens = self.model.embed(self._images(batch))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return BlockState(tokens, 0, mask, torch.arange(tokens.shape[0], device=tokens.device), num_prefix=1)
+
 
 # ---- timm ViT / DeiT -----------------------------------------------------------------------------------
 class TimmViTAdapter(LayerAdapter):
@@ -482,6 +569,16 @@ class TimmViTAdapter(LayerAdapter):
             raise ValueError(f"{self.name} is a distilled DeiT whose head reads two tokens (class and "
                              "distillation); use readout(hidden), which applies forward_head to the tokens")
         return self.model.head(self.model.head_drop(self.model.fc_norm(vectors)))
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def begin(self, batch) -> BlockState:
+        model = self.model  # as timm's forward_features up to its blocks
+        tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(self._images(batch)))))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return BlockState(tokens, 0, mask, torch.arange(tokens.shape[0], device=tokens.device),
+                          num_prefix=self.num_prefix)
 
     def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
         if not self.distilled:
@@ -598,6 +695,14 @@ class _HFText(LayerAdapter):
                              f"{len(states)}; this model family is not supported, write a LayerAdapter subclass")
         return out, states[:upto]
 
+    def block_modules(self) -> list[nn.Module]:
+        found = _find_layer_list(self.base)
+        modules = list(getattr(*found)) if found is not None else []
+        if len(modules) != self.num_layers:
+            raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} layers as one ModuleList "
+                                      "(e.g. ALBERT shares one layer group): it cannot be run block by block")
+        return modules
+
 
 def _find_encoder_head(model: nn.Module):
     """The sequence-classification head of a Hugging Face encoder as a function (B, T, d) -> (B, C),
@@ -652,6 +757,35 @@ class HFEncoder(_HFText):
                              f"{tuple(logits.shape)}, not (batch, {self.num_classes}): this model family is not "
                              "supported; write a LayerAdapter subclass for it")
         return logits
+
+    def begin(self, batch) -> BlockState:
+        """The model's own inputs of its first layer: the base model runs up to the entry of layer 1, where a
+        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
+        enc = self.encode(batch)
+        first = self.block_modules()[0]
+        seen = {}
+
+        def record(module, args, kwargs):
+            seen["args"], seen["kwargs"] = args, dict(kwargs)
+            raise _EnteredFirstBlock
+
+        handle = first.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            self.base(**enc)
+        except _EnteredFirstBlock:
+            pass
+        finally:
+            handle.remove()
+        if "args" not in seen:
+            raise ValueError(f"{self.name}: the forward pass never reached its first layer")
+        args, kwargs = seen["args"], seen["kwargs"]
+        tokens, rest = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
+        return BlockState(tokens, 0, enc["attention_mask"].bool(), torch.arange(tokens.shape[0], device=tokens.device),
+                          input_ids=enc["input_ids"], block_args=rest, block_kwargs=kwargs)
+
+
+class _EnteredFirstBlock(Exception):
+    """Raised by HFEncoder.begin's pre-hook once it has recorded the inputs of layer 1."""
 
 
 FINAL_NORM_NAMES = ("ln_f", "norm", "final_layernorm", "norm_f", "final_norm")

@@ -1,0 +1,316 @@
+"""What every exit of a model knows, from its per-layer outputs: accuracy, the probability of the final
+prediction, saturation, overthinking, minimal depth and calibration.
+
+Every function takes per-layer outputs stacked layer-first in one of these forms:
+
+- logits: a float tensor (L, n, C) (or a sequence of L tensors (n, C)), e.g. ``Extraction.logits``;
+- predictions only: an integer tensor (L, n) of per-layer argmax classes;
+- `LayerSummaries`: per-layer argmax, maximum probability, entropy and probability of the final
+  prediction, each (L, n); `summarize(logits)` makes one, `LayerSummaries.from_extraction(out)` reads
+  the summaries `layersim.extract.extract` keeps for a vocabulary (argmax, top-k probabilities,
+  probability of the final prediction), so a language model's (L, n, V) logits never need to be kept.
+
+Layers are numbered 1..L in every result (saturation layers, first correct layer, minimal depth).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+import torch
+
+from layersim.metrics import layerwise_accuracy, saturation_layer
+
+__all__ = ["LayerSummaries", "summarize", "as_summaries", "check_labels", "final_prediction_prob",
+           "SaturationStats", "saturation", "Overthinking", "overthinking", "minimal_depth", "Calibration",
+           "calibration", "layerwise_accuracy", "saturation_layer"]
+
+
+# ---- per-layer summaries ------------------------------------------------------------------------------
+@dataclass
+class LayerSummaries:
+    """Per-layer summaries of a readout, each (L, n) (layer-first); a field is None when unknown.
+
+    preds: argmax class of each layer (int64).
+    confidence: the largest softmax probability of each layer (the confidence of its prediction).
+    entropy: the entropy of each layer's softmax distribution, in nats.
+    final_prob: the probability each layer gives to the final layer's prediction.
+    """
+
+    preds: torch.Tensor
+    confidence: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
+    final_prob: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if not isinstance(self.preds, torch.Tensor) or self.preds.dim() != 2:
+            raise ValueError(f"preds must be an (L, n) tensor, got {_describe(self.preds)}")
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value is not None and tuple(value.shape) != tuple(self.preds.shape):
+                raise ValueError(f"{f.name} has shape {tuple(value.shape)}, preds {tuple(self.preds.shape)}: "
+                                 "every summary must be (L, n)")
+
+    @property
+    def num_layers(self) -> int:
+        return self.preds.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.preds.shape[1]
+
+    def require(self, name: str, purpose: str) -> torch.Tensor:
+        value = getattr(self, name)
+        if value is None:
+            hint = {"entropy": "the entropy needs the full distribution: keep the logits (extract(..., "
+                               "keep_logits=True)) and pass them, or pass LayerSummaries(entropy=...)",
+                    "confidence": "pass logits, or summaries with top-k probabilities (extract(..., topk=1))",
+                    "final_prob": "pass logits, or an Extraction (it records final_prob)"}[name]
+            raise ValueError(f"{purpose} needs the per-layer {name}, which these summaries lack; {hint}")
+        return value
+
+    @classmethod
+    def from_extraction(cls, out) -> "LayerSummaries":
+        """Summaries from a `layersim.extract.Extraction` (or any object with the same attributes).
+
+        Uses the full logits when they were kept; otherwise preds, final_prob and the top-1 probability
+        (``topk_probs[..., 0]``) as the confidence. The entropy is unknown without the logits.
+        """
+        logits = getattr(out, "logits", None)
+        if logits is not None:
+            return summarize(logits)
+        preds = getattr(out, "preds", None)
+        if preds is None:
+            raise ValueError("this extraction holds no readout (no logits, no preds): extract with readout=True")
+        topk = getattr(out, "topk_probs", None)
+        return cls(torch.as_tensor(preds).long(),
+                   confidence=None if topk is None else torch.as_tensor(topk)[..., 0].float(),
+                   final_prob=None if out.final_prob is None else torch.as_tensor(out.final_prob).float())
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)} ({x.dtype})" if hasattr(x, "shape") else type(x).__name__
+
+
+def _layer_summary(logits: torch.Tensor, final_pred: Optional[torch.Tensor] = None) -> dict:
+    """(m, C) logits of one layer -> dict of (m,) preds, confidence, entropy (and final_prob)."""
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    top, preds = logp.max(dim=-1)
+    probs = logp.exp()
+    out = {"preds": preds, "confidence": top.exp(),
+           "entropy": -(probs * logp).nan_to_num(0.0, posinf=0.0, neginf=0.0).sum(-1)}
+    if final_pred is not None:
+        out["final_prob"] = logp.gather(1, final_pred[:, None])[:, 0].exp()
+    return out
+
+
+def _as_logits(logits) -> torch.Tensor:
+    if isinstance(logits, np.ndarray):
+        logits = torch.from_numpy(logits)
+    elif isinstance(logits, (list, tuple)) and logits and all(isinstance(x, (torch.Tensor, np.ndarray))
+                                                            for x in logits):
+        logits = torch.stack([torch.as_tensor(x) for x in logits])
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"expected per-layer logits (L, n, C), predictions (L, n) or LayerSummaries, got "
+                        f"{type(logits).__name__}")
+    return logits
+
+
+def summarize(logits) -> LayerSummaries:
+    """(L, n, C) per-layer logits -> `LayerSummaries` (argmax, max probability, entropy, probability of
+    the final layer's prediction), computed one layer at a time (memory of one (n, C) softmax)."""
+    logits = _as_logits(logits)
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor (L, n, C), got {_describe(logits)}")
+    if logits.shape[2] < 1 or logits.shape[0] < 1:
+        raise ValueError(f"logits must have at least one layer and one class, got shape {tuple(logits.shape)}")
+    final_pred = logits[-1].argmax(-1)
+    per_layer = [_layer_summary(logits[l], final_pred) for l in range(logits.shape[0])]
+    return LayerSummaries(**{k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]})
+
+
+def as_summaries(outputs) -> LayerSummaries:
+    """Logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries` -> `LayerSummaries`."""
+    if isinstance(outputs, LayerSummaries):
+        return outputs
+    if hasattr(outputs, "preds") and hasattr(outputs, "final_prob"):  # an Extraction
+        return LayerSummaries.from_extraction(outputs)
+    tensor = _as_logits(outputs)
+    if tensor.dim() == 2 and not tensor.is_floating_point() and not tensor.is_complex():
+        if tensor.dtype == torch.bool:
+            raise ValueError("per-layer predictions must be integer class indices, got a bool tensor")
+        return LayerSummaries(tensor.long())
+    if tensor.dim() == 3:
+        return summarize(tensor)
+    raise ValueError(f"expected per-layer logits (L, n, C) or integer predictions (L, n), got {_describe(tensor)}")
+
+
+def check_labels(labels, num_samples: int) -> torch.Tensor:
+    """labels (n,) integer class indices -> int64 tensor; a clear error on a length or type mismatch."""
+    labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, (list, tuple)) else labels)
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor (n,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != num_samples:
+        raise ValueError(f"labels hold {labels.shape[0]} samples but the per-layer outputs hold {num_samples}: "
+                         "pass the labels of exactly the samples that were read out, in the same order")
+    if labels.is_floating_point():
+        if not bool((labels == labels.round()).all()):
+            raise ValueError("labels must be integer class indices")
+    elif labels.dtype == torch.bool:
+        raise ValueError("labels must be integer class indices, got a bool tensor")
+    return labels.long()
+
+
+# ---- probability of the final prediction ----------------------------------------------------------------
+def final_prediction_prob(outputs) -> torch.Tensor:
+    """(L, n): the probability that each layer's readout gives to the final layer's prediction (the model's
+    own answer, not the label). outputs: logits (L, n, C), an Extraction or `LayerSummaries`."""
+    return as_summaries(outputs).require("final_prob", "final_prediction_prob").clone()
+
+
+# ---- saturation -------------------------------------------------------------------------------------------
+@dataclass
+class SaturationStats:
+    """layers: (n,) saturation layer of every sample, 1..L. histogram: (L,) number of samples that saturate
+    at layer 1..L (entry l-1 for layer l). early_fraction: share of samples with saturation layer < L."""
+
+    layers: torch.Tensor
+    histogram: torch.Tensor
+    early_fraction: float
+
+    @property
+    def num_layers(self) -> int:
+        return self.histogram.shape[0]
+
+
+def saturation(outputs) -> SaturationStats:
+    """Saturation layer of every sample (PAPER.md: the earliest l from which the argmax at every layer
+    >= l equals the final layer's), its histogram over 1..L and the fraction of early saturation (l < L).
+
+    outputs: logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries`.
+    """
+    preds = as_summaries(outputs).preds
+    layers = saturation_layer(preds)
+    num_layers = preds.shape[0]
+    histogram = torch.bincount(layers - 1, minlength=num_layers)
+    early = float((layers < num_layers).double().mean()) if layers.numel() else float("nan")
+    return SaturationStats(layers, histogram, early)
+
+
+# ---- overthinking (Kaya et al. 2019, Shallow-Deep Networks) ----------------------------------------------
+@dataclass
+class Overthinking:
+    """Overthinking of a multi-exit model (Shallow-Deep Networks).
+
+    first_correct: (n,) the first layer (1..L) whose prediction equals the label, 0 if none is correct.
+    final_accuracy: accuracy of layer L.
+    oracle_accuracy: share of samples correct at some layer (an oracle that knows where to stop).
+    overthinking_fraction: share of samples correct at some layer < L but wrong at layer L (SDN's
+        destructive effect: the network "overthinks" an answer it had).
+    wasted_fraction: share of the full model's computation that is spent after the first correct layer
+        (SDN's wasteful effect): sum over samples of cost(L) - cost(first_correct), over n * cost(L),
+        where samples never correct waste nothing. cost(l) is the cumulative cost of reaching layer l
+        (``layer_cost``; by default l blocks of equal cost).
+    """
+
+    first_correct: torch.Tensor
+    final_accuracy: float
+    oracle_accuracy: float
+    overthinking_fraction: float
+    wasted_fraction: float
+
+
+def overthinking(outputs, labels, *, layer_cost=None) -> Overthinking:
+    """Samples right at some layer but wrong at the last, and the computation spent after the first
+    correct layer. outputs: logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries`;
+    labels: (n,) class indices. layer_cost: (L,) cumulative cost (e.g. FLOPs) of reaching layer 1..L,
+    increasing; default 1, 2, ..., L. Returns `Overthinking`.
+    """
+    preds = as_summaries(outputs).preds
+    num_layers, n = preds.shape
+    labels = check_labels(labels, n).to(preds.device)
+    if layer_cost is None:
+        cost = torch.arange(1, num_layers + 1, dtype=torch.float64)
+    else:
+        cost = torch.as_tensor(layer_cost, dtype=torch.float64).flatten()
+        if cost.shape[0] != num_layers or bool((cost <= 0).any()) or bool((cost.diff() < 0).any()):
+            raise ValueError(f"layer_cost must hold {num_layers} positive, non-decreasing cumulative costs (one per "
+                             f"layer 1..{num_layers}), got {cost.tolist()}")
+    correct = preds == labels[None]  # (L, n)
+    any_correct = correct.any(0)
+    first = torch.where(any_correct, correct.int().argmax(0) + 1, torch.zeros_like(labels))
+    wrong_last = ~correct[-1]
+    wasted = torch.where(any_correct, cost[-1] - cost[(first - 1).clamp_min(0)], torch.zeros_like(cost[:1]))
+    frac = (lambda m: float(m.double().mean())) if n else (lambda m: float("nan"))
+    return Overthinking(first_correct=first, final_accuracy=frac(correct[-1]), oracle_accuracy=frac(any_correct),
+                        overthinking_fraction=frac(any_correct & wrong_last),
+                        wasted_fraction=float(wasted.sum() / (n * cost[-1])) if n else float("nan"))
+
+
+# ---- minimal depth ---------------------------------------------------------------------------------------
+def minimal_depth(accuracy, fraction: float = 0.99, *, labels=None) -> int:
+    """The first layer (1..L) whose accuracy reaches `fraction` of the last layer's accuracy.
+
+    accuracy: (L,) layer-wise accuracies; or per-layer outputs (logits (L, n, C) / predictions (L, n))
+    together with ``labels`` (n,). fraction: in (0, 1] (e.g. 0.99: within 1 % of the full model).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be a number in (0, 1] (share of the last layer's accuracy), got {fraction!r}")
+    if labels is not None:
+        summaries = as_summaries(accuracy)
+        acc = layerwise_accuracy(summaries.preds, check_labels(labels, summaries.num_samples))
+    else:
+        acc = torch.as_tensor(np.asarray(accuracy) if isinstance(accuracy, (list, tuple)) else accuracy,
+                              dtype=torch.float64)
+        if acc.dim() != 1 or acc.numel() == 0:
+            raise ValueError(f"accuracy must be an (L,) vector of layer-wise accuracies (or pass per-layer outputs "
+                             f"with labels=...), got shape {tuple(acc.shape)}")
+        if bool(((acc < 0) | (acc > 1) | acc.isnan()).any()):
+            raise ValueError(f"accuracies must lie in [0, 1], got {acc.tolist()}")
+    target = fraction * float(acc[-1])
+    return int(torch.nonzero(acc >= target - 1e-12)[0, 0]) + 1
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Calibration of every exit (equal-width confidence bins on [0, 1]; bin b is (edges[b], edges[b+1]],
+    the first also holds 0).
+
+    ece: (L,) expected calibration error per layer: sum over bins of (count / n) |accuracy - confidence|.
+    bin_edges: (num_bins + 1,). bin_count: (L, num_bins) samples per bin.
+    bin_confidence, bin_accuracy: (L, num_bins) mean confidence and accuracy per bin (NaN for empty bins):
+        the reliability curve of each exit.
+    """
+
+    ece: torch.Tensor
+    bin_edges: torch.Tensor
+    bin_count: torch.Tensor
+    bin_confidence: torch.Tensor
+    bin_accuracy: torch.Tensor
+
+
+def calibration(outputs, labels, *, num_bins: int = 15) -> Calibration:
+    """Expected calibration error and reliability-curve data of every exit.
+
+    outputs: logits (L, n, C), an Extraction with top-k probabilities, or `LayerSummaries` with
+    confidence; labels: (n,) class indices; num_bins: equal-width bins of the confidence (>= 1).
+    """
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+    summaries = as_summaries(outputs)
+    conf = summaries.require("confidence", "calibration").double()
+    labels = check_labels(labels, summaries.num_samples).to(conf.device)
+    correct = (summaries.preds == labels[None]).double()
+    num_layers, n = conf.shape
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64)
+    bins = (torch.ceil(conf * num_bins).long() - 1).clamp(0, num_bins - 1)  # (L, n), right-closed bins
+    count = torch.zeros(num_layers, num_bins, dtype=torch.float64).scatter_add_(1, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros_like(count).scatter_add_(1, bins, conf)
+    acc_sum = torch.zeros_like(count).scatter_add_(1, bins, correct)
+    mean_conf = conf_sum / count.where(count > 0, torch.full_like(count, math.nan))
+    mean_acc = acc_sum / count.where(count > 0, torch.full_like(count, math.nan))
+    ece = ((acc_sum - conf_sum).abs().sum(1) / n) if n else torch.full((num_layers,), math.nan)
+    return Calibration(ece, edges, count.long(), mean_conf, mean_acc)

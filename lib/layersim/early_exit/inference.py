@@ -1,0 +1,235 @@
+"""Real early-exit inference: forward passes that stop at the exit layer.
+
+- `exit_at_layer(adapter, batch, layer)`: the whole batch stops at `layer` (a truncated forward; blocks
+  after `layer` never run) and is read out there.
+- `early_exit(adapter, batch, policy)`: per-sample exits; the model is stepped block by block
+  (``adapter.begin``, ``adapter.run_blocks``), every running sample is read out after each block, and the samples the policy
+  lets go leave the batch (`BlockState.select`), so later blocks run on fewer samples.
+- `generate_at_layer(adapter, prompt, layer)`: a causal LM generates text greedily with every token read
+  out at layer `layer` (the forward is recomputed from scratch at every step, without a KV cache: simple
+  and exact, fine for small models).
+- `paired_speedup(reference, candidate)`: wall-clock speed-up measured as paired ratios in one process.
+
+Readers: by default every layer is read by the model's own last-layer classifier (the paper's shared
+head, ``adapter.readout_vectors``). ``heads=`` takes a multi-exit model's heads instead: an
+`ExitHeads` (``heads.readers(adapter)``), a list of L callables (d -> C), or "own" for the exit heads the
+model carries itself (our ViT built with ``multi_exit=True``).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from layersim.models import ExitHeads, adapt, eval_mode
+
+from .policies import ExitPolicy, ExitResult
+
+__all__ = ["layer_readers", "per_layer_logits", "exit_at_layer", "early_exit", "generate_at_layer",
+           "paired_speedup"]
+
+
+def _check_layer(layer, num_layers: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
+        raise ValueError(f"exit layer must be an integer in 1..{num_layers} (layers are numbered from 1), "
+                         f"got {layer!r}")
+    return layer
+
+
+# ---- readers ---------------------------------------------------------------------------------------------
+def layer_readers(adapter, heads=None) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """L callables, reader l maps (n, d) pooled vectors of layer l to (n, C) logits.
+
+    heads: None -> the model's own last-layer classifier at every layer (shared head);
+    "own" -> the exit heads the model carries (our ViT with multi_exit=True), layer L its own head;
+    an `ExitHeads` -> ``heads.readers(adapter)``; or a sequence of L callables.
+    """
+    adapter = adapt(adapter)
+    if not adapter.has_readout:
+        raise ValueError(f"{adapter.name} has no classification head, so there is nothing to exit with; attach "
+                         "one (e.g. load_model(..., num_labels=2)) or pass heads=ExitHeads.for_adapter(adapter)")
+    if heads is None:
+        return [(lambda v, l=l: adapter.readout_vectors(v, layer=l)) for l in range(1, adapter.num_layers + 1)]
+    if isinstance(heads, str):
+        if heads != "own":
+            raise ValueError(f"heads must be None (shared head), 'own', an ExitHeads or a list of readers, got {heads!r}")
+        if getattr(adapter.model, "exit_heads", None) is None:
+            raise ValueError(f"{adapter.name} has no exit heads of its own, so it has no multi-exit results: build "
+                             "our ViT with ViTConfig(multi_exit=True) and train it, or pass trained heads "
+                             "(heads=ExitHeads), or use heads=None for the shared last-layer classifier")
+        heads = ExitHeads.for_adapter(adapter)
+    readers = heads.readers(adapter) if hasattr(heads, "readers") else list(heads)
+    if len(readers) != adapter.num_layers or not all(callable(r) for r in readers):
+        raise ValueError(f"expected {adapter.num_layers} readers (one per layer), got {len(readers)}")
+    return readers
+
+
+def _pool_state(adapter, state) -> torch.Tensor:
+    """(B, d) pooled vectors of the running samples at the state's layer."""
+    return adapter.pool(state.hidden(), adapter.readout_pooling)[0]
+
+
+def per_layer_logits(adapter, batch, *, heads=None) -> torch.Tensor:
+    """(L, B, C) logits of every layer from one full forward, read by the shared head (heads=None) or the
+    exit heads (see `layer_readers`). The rows are what `simulate` and `sweep` take."""
+    adapter = adapt(adapter)
+    readers = layer_readers(adapter, heads)
+    with torch.no_grad(), eval_mode(adapter.model):
+        hidden = adapter.hidden_states(batch)
+        vectors = adapter.pool(hidden, adapter.readout_pooling)
+        return torch.stack([reader(vectors[l]) for l, reader in enumerate(readers)])
+
+
+# ---- fixed exit ------------------------------------------------------------------------------------------
+def exit_at_layer(adapter, batch, layer: int, *, heads=None) -> torch.Tensor:
+    """(B, C) logits of the batch read out at `layer` (1..L) by a forward that runs blocks 1..layer only.
+
+    Equals the full model's readout at `layer` (``per_layer_logits(adapter, batch)[layer - 1]``); at
+    layer L with heads=None it is the model's own output. heads: see `layer_readers`.
+    """
+    adapter = adapt(adapter)
+    _check_layer(layer, adapter.num_layers)
+    reader = layer_readers(adapter, heads)[layer - 1]
+    with torch.no_grad(), eval_mode(adapter.model):
+        hidden = adapter.hidden_states(batch, upto=layer)
+        vectors = adapter.pool(hidden, adapter.readout_pooling)[-1]
+        return reader(vectors)
+
+
+# ---- per-sample exits ------------------------------------------------------------------------------------
+def early_exit(adapter, batch, policy: ExitPolicy, *, heads=None, labels=None) -> ExitResult:
+    """Per-sample early exit: step the model block by block, read out the running samples after every block
+    the policy looks at, and drop those it lets go from the batch.
+
+    adapter: our ViT, a timm ViT/DeiT or a Hugging Face encoder (or their adapters). batch: what the adapter
+    reads (images (B, C_in, H, W), texts, a tokenised dict). policy: an `ExitPolicy`, e.g.
+    ``ConfidenceExit(0.9)``. heads: see `layer_readers`. labels: (B,) for the accuracy.
+    -> `ExitResult` with exit_layer (B,) in 1..L, preds (B,), logits (B, C) at each sample's exit.
+    """
+    adapter = adapt(adapter)
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(f"policy must be an ExitPolicy (e.g. ConfidenceExit(0.9)), got {type(policy).__name__}")
+    num_layers = adapter.num_layers
+    policy.check(num_layers)
+    readers = layer_readers(adapter, heads)
+    with torch.no_grad(), eval_mode(adapter.model):
+        state = adapter.begin(batch)
+        n = state.tokens.shape[0]
+        device = state.tokens.device
+        if labels is not None:
+            from .analysis import check_labels
+
+            labels = check_labels(labels, n)
+        exit_layer = torch.zeros(n, dtype=torch.long, device=device)
+        logits_out: Optional[torch.Tensor] = None
+        pstate = policy.start(n, device=device)
+        for layer in range(1, num_layers + 1):
+            if not policy.decides_at(layer, num_layers) and layer < num_layers:
+                continue
+            state = adapter.run_blocks(state, layer)
+            logits = readers[layer - 1](_pool_state(adapter, state))
+            if logits_out is None:
+                logits_out = logits.new_zeros(n, logits.shape[-1])
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            stats = {"preds": logp.argmax(-1)}
+            if "confidence" in policy.reads:
+                stats["confidence"] = logp.max(-1).values.exp()
+            if "entropy" in policy.reads:
+                stats["entropy"] = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+            rows = state.index
+            stop = policy.exit_now(layer, stats, rows, pstate).to(device)
+            if layer == num_layers:
+                stop = torch.ones_like(stop)
+            exit_layer[rows[stop]] = layer
+            logits_out[rows[stop]] = logits[stop]
+            if bool(stop.all()):
+                break
+            if bool(stop.any()):
+                state = state.select(~stop)
+    preds = logits_out.argmax(-1)
+    accuracy = float((preds.cpu() == labels).double().mean()) if labels is not None and n else None
+    return ExitResult(policy.name, policy.parameter, exit_layer.cpu(), preds.cpu(), accuracy,
+                      float(exit_layer.double().mean()) if n else float("nan"), None, logits_out)
+
+
+# ---- causal LM generation ---------------------------------------------------------------------------------
+def generate_at_layer(adapter, prompt, layer: int, *, max_new_tokens: int = 20,
+                      stop_at_eos: bool = True) -> dict:
+    """Greedy generation by a causal LM whose every token is read out at `layer` (1..L):
+    lm_head(norm(h_layer)) of the last position (the adapter's readout; ``final_norm=False`` skips the norm).
+
+    The forward runs blocks 1..layer only and is recomputed over the whole sequence at every step (no KV
+    cache): exact and simple, fine for small models; cost grows with the square of the length.
+    prompt: a string (needs the adapter's tokenizer) or a (1, T) tensor of token ids.
+    stop_at_eos: stop after the end-of-sequence token (the tokenizer's, else the model config's).
+    -> dict with ``ids`` (1, T + new) token ids, ``new_ids`` the generated ids, and ``text`` (with a tokenizer).
+    """
+    adapter = adapt(adapter)
+    if not adapter.vocabulary_readout or adapter.readout_pooling != "tokens":
+        raise ValueError(f"{adapter.name} is not a causal language model; generate_at_layer needs one "
+                         "(e.g. load_model('smollm2-135m'))")
+    _check_layer(layer, adapter.num_layers)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    tokenizer = getattr(adapter, "tokenizer", None)
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError(f"{adapter.name} has no tokenizer: pass the prompt as a (1, T) tensor of token ids")
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    else:
+        ids = torch.as_tensor(prompt)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.is_floating_point():
+            raise ValueError(f"prompt must be a string or a (1, T) integer tensor of token ids, got shape "
+                             f"{tuple(ids.shape)}")
+    ids = ids.long().to(adapter.device)
+    eos = getattr(tokenizer, "eos_token_id", None) or getattr(adapter.model.config, "eos_token_id", None)
+    eos = eos if stop_at_eos else None
+    start = ids.shape[1]
+    with torch.no_grad(), eval_mode(adapter.model):
+        for _ in range(max_new_tokens):
+            hidden = adapter.hidden_states({"input_ids": ids}, upto=layer)
+            token = adapter.readout_vectors(hidden.states[-1, :, -1], layer=layer).argmax(-1)  # (1,)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            if eos is not None and int(token) == eos:
+                break
+    out = {"ids": ids.cpu(), "new_ids": ids[0, start:].cpu(), "layer": layer}
+    if tokenizer is not None:
+        out["text"] = tokenizer.decode(ids[0, start:])
+    return out
+
+
+# ---- timing -----------------------------------------------------------------------------------------------
+def paired_speedup(reference: Callable[[], object], candidate: Callable[[], object], *, repeats: int = 11,
+                   warmup: int = 1) -> dict:
+    """Wall-clock speed-up of `candidate` over `reference` (time_reference / time_candidate), measured in
+    this process as paired ratios: each repeat times both back to back, alternating which goes first, and
+    the median of the per-pair ratios is the result (robust to load drifting on a shared machine).
+    -> dict with speedup (median paired ratio), reference_s and candidate_s (medians), and the raw times.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    for _ in range(warmup):
+        reference(), candidate()
+    t_ref, t_cand = [], []
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    for i in range(repeats):
+        if i % 2:
+            t_cand.append(timed(candidate))
+            t_ref.append(timed(reference))
+        else:
+            t_ref.append(timed(reference))
+            t_cand.append(timed(candidate))
+    ratios = [r / c for r, c in zip(t_ref, t_cand)]
+    return {"speedup": statistics.median(ratios), "reference_s": statistics.median(t_ref),
+            "candidate_s": statistics.median(t_cand), "reference_times": t_ref, "candidate_times": t_cand,
+            "ratios": ratios}
