@@ -1,10 +1,15 @@
 """The project's notebooks: habits (stripped, parameters cell), profiles valid, and each notebook
-run in the smoke profile through the batch runner with its recorded numbers checked."""
+run in the smoke profile through the batch runner with its recorded numbers checked; the executed
+notebooks and their HTML pages read cleanly (no progress-bar blocks, no stray outputs, no machine
+paths, math typeset offline)."""
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from headless_chromium import needs_chromium, rendered_dom
 from layersim import regenerate as rg
 
 NOTEBOOKS = rg.default_notebooks_dir()
@@ -31,6 +36,79 @@ def smoke_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     runs = rg.regenerate("smoke", notebooks_dir=NOTEBOOKS, results_dir=out, progress=False)
     return {r.name: r for r in runs}, out
+
+
+NAMES = rg.list_notebooks(NOTEBOOKS)
+# what a figure or side-effect call returns, printed as Out[...] when it ends a cell
+STRAY_OUT = re.compile(r"PosixPath\(|WindowsPath\(|<matplotlib|<Axes|^\[?<.* at 0x|^Text\(|^\(-?[\d.e+-]+, -?[\d.e+-]+\)$"
+                       r"|^(True|False|None)$")
+PROGRESS_LINE = re.compile(r"\d+%\|")  # a tqdm bar
+
+
+def _executed(smoke_runs, name):
+    runs, out = smoke_runs
+    assert runs[name].status == "ok", runs[name].error
+    return runs[name].executed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_executed_notebook_reads_cleanly(smoke_runs, name):
+    executed = _executed(smoke_runs, name)
+    text = executed.read_text()
+    _, out = smoke_runs
+    for machine_path in {str(rg.repo_root()), str(out), str(out.resolve()), str(Path.home())}:
+        assert machine_path not in text, f"{name} shows the machine path {machine_path}"
+    nb = json.loads(text)
+    assert "widgets" not in nb["metadata"]  # no widget bars in a batch run
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        for o in cell["outputs"]:
+            where = f"{name}, In [{cell['execution_count']}]"
+            assert not (o["output_type"] == "stream" and o["name"] == "stderr"), f"{where}: stderr {o['text']}"
+            assert "application/vnd.jupyter.widget-view+json" not in o.get("data", {}), f"{where}: a widget"
+            if o["output_type"] == "stream":
+                assert not PROGRESS_LINE.search("".join(o["text"])), f"{where}: a progress bar"
+            if o["output_type"] == "execute_result" and set(o["data"]) == {"text/plain"}:
+                shown = "".join(o["data"]["text/plain"])
+                assert not STRAY_OUT.search(shown), f"{where}: stray Out[...] {shown[:200]}"
+
+
+def test_02_progress_is_one_summary_line(smoke_runs):
+    nb = json.loads(_executed(smoke_runs, "02_cos_vs_cka").read_text())
+    lines = [line for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
+             if o["output_type"] == "stream" for line in "".join(o["text"]).splitlines()]
+    extraction = [line for line in lines if line.startswith("extract ")]
+    assert len(extraction) == 1 and re.fullmatch(r"extract minilm-l6: 2 batches in \d+\.\d s", extraction[0])
+
+
+def _markdown_math(nb) -> int:
+    """How many $...$ / $$...$$ spans the notebook's markdown holds."""
+    src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    src = re.sub(r"`[^`]*`", "", src)
+    return len(re.findall(r"\$\$.+?\$\$|\$[^$\n]+\$", src, flags=re.S))
+
+
+def _markdown_text(dom: str) -> str:
+    """The visible text of the markdown cells of a rendered page (scripts and MathJax's copies dropped)."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
+    dom = re.sub(r'<span class="MJX_Assistive_MathML".*?</math></span>', "", dom, flags=re.S)
+    cells = re.findall(r'<div class="[^"]*jp-MarkdownOutput[^"]*"[^>]*>(.*?)</div>\s*</div>', dom, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", "\n".join(cells)))
+
+
+@needs_chromium
+@pytest.mark.parametrize("name", NAMES)
+def test_html_page_typesets_its_math_offline(smoke_runs, name):
+    page = _executed(smoke_runs, name).with_suffix(".html")
+    nb = json.loads(_executed(smoke_runs, name).read_text())
+    dom = rendered_dom(page)
+    expected = _markdown_math(nb)
+    typeset = len(re.findall(r'<span class="MathJax"[ >]', dom)) + len(re.findall(r'<div class="MathJax_Display"', dom))
+    assert "class=\"MathJax_Error\"" not in dom and "Math Processing Error" not in dom
+    assert typeset == expected, f"{name}: {typeset} formulas typeset, the markdown has {expected}"
+    text = _markdown_text(dom)
+    assert text.strip(), "no markdown text found on the page"
+    raw = re.search(r".{0,40}\$[^$\n]+\$", text)
+    assert raw is None, f"raw TeX left on the page: {raw.group(0) if raw else ''}"
 
 
 def test_02_cos_vs_cka_smoke(smoke_runs):

@@ -1,7 +1,20 @@
-"""The batch runner: profiles checked before anything runs, failures isolated, the report."""
+"""The batch runner: profiles checked before anything runs, failures isolated, results kept on Ctrl-C,
+the report and the gallery describe the whole profile."""
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import nbformat
 import pytest
 
+from headless_chromium import needs_chromium, rendered_dom
 from layersim import regenerate as rg
 
 
@@ -10,12 +23,15 @@ def _notebook(path, params_src, body_src, tag=True):
     p = nbformat.v4.new_code_cell(params_src)
     if tag:
         p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell(body_src)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A toy notebook\nWith math: $x^2$."), p,
+                nbformat.v4.new_code_cell(body_src)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(path))
 
 
 OK_BODY = """
+from pathlib import Path
+import time
 from layersim.record import Recorder
 import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -24,17 +40,44 @@ rec.number("twice_x", 2 * x)
 rec.check(1, "x is positive", x, ">", 0)
 fig, ax = plt.subplots(); ax.plot([x, x])
 rec.figure(fig, "line")
+if hold:  # tell the test this notebook is running, then keep running until interrupted
+    Path(hold).write_text("running")
+    time.sleep(120)
 """
+
+
+def _args(project, *more):
+    return ["--profile", "smoke", "--notebooks-dir", str(project / "notebooks"),
+            "--results-dir", str(project / "results"), *more]
+
+
+def _make_project(root):
+    nbs = root / "notebooks"
+    (nbs / "profiles").mkdir(parents=True)
+    _notebook(nbs / "01_ok.ipynb", 'x = 1\nhold = ""\noutput_dir = "."', OK_BODY)
+    _notebook(nbs / "02_fail.ipynb", 'output_dir = "."', 'raise RuntimeError("boom in the notebook")')
+    (nbs / "profiles" / "smoke.yaml").write_text("01_ok:\n  x: 3\n")
+    return root
 
 
 @pytest.fixture
 def project(tmp_path):
-    nbs = tmp_path / "notebooks"
-    (nbs / "profiles").mkdir(parents=True)
-    _notebook(nbs / "01_ok.ipynb", 'x = 1\noutput_dir = "."', OK_BODY)
-    _notebook(nbs / "02_fail.ipynb", 'output_dir = "."', 'raise RuntimeError("boom in the notebook")')
-    (nbs / "profiles" / "smoke.yaml").write_text("01_ok:\n  x: 3\n")
-    return tmp_path
+    return _make_project(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """A toy profile run once through the command line: 01_ok passes, 02_fail fails."""
+    project = _make_project(tmp_path_factory.mktemp("ran"))
+    status = rg.main(_args(project))
+    return project, status
+
+
+def _copy(ran, tmp_path):
+    """A private copy of the module's run, for tests that run the runner again on top of it."""
+    project, _ = ran
+    shutil.copytree(project, tmp_path / "p")
+    return tmp_path / "p"
 
 
 def test_unknown_profile_parameter_is_an_error_before_anything_runs(project):
@@ -43,11 +86,10 @@ def test_unknown_profile_parameter_is_an_error_before_anything_runs(project):
         rg.regenerate("smoke", notebooks_dir=project / "notebooks", results_dir=project / "results",
                       progress=False)
     msg = str(e.value)
-    assert "unknown parameter 'y_typo'" in msg and "['output_dir', 'x']" in msg
+    assert "unknown parameter 'y_typo'" in msg and "['hold', 'output_dir', 'x']" in msg
     assert not (project / "results").exists()  # nothing ran
     # and the command line says so with exit status 2
-    assert rg.main(["--profile", "smoke", "--notebooks-dir", str(project / "notebooks"),
-                    "--results-dir", str(project / "results")]) == 2
+    assert rg.main(_args(project)) == 2
 
 
 def test_profile_naming_a_missing_notebook_or_missing_profile(project):
@@ -60,39 +102,202 @@ def test_profile_naming_a_missing_notebook_or_missing_profile(project):
         rg.plan("smoke", project / "notebooks", only=["09_nope"])
 
 
+def test_profile_names_are_names_not_paths(project, capsys):
+    # notebooks/profiles/../profiles/t.yaml exists, so a path-like name would find a profile file ...
+    (project / "notebooks" / "profiles" / "t.yaml").write_text("01_ok:\n  x: 3\n")
+    status = rg.main(["--profile", "../profiles/t", "--notebooks-dir", str(project / "notebooks"),
+                      "--results-dir", str(project / "results")])
+    assert status == 2
+    assert "not a path" in capsys.readouterr().err
+    assert not (project / "profiles").exists() and not (project / "results").exists()  # ... and write outside
+    for bad in ("/etc/t", "t/../t", ".t", "", "t.yaml"):
+        with pytest.raises(rg.ProfileError, match="letters, digits"):
+            rg.check_profile_name(bad)
+    assert rg.check_profile_name("my-gpu_2") == "my-gpu_2"
+
+
 def test_notebook_without_parameters_cell_is_rejected(project):
     _notebook(project / "notebooks" / "03_untagged.ipynb", 'output_dir = "."', "pass", tag=False)
     with pytest.raises(rg.ProfileError, match="no cell tagged 'parameters'"):
         rg.plan("smoke", project / "notebooks")
 
 
-def test_failing_notebook_does_not_stop_the_others(project, capsys):
-    status = rg.main(["--profile", "smoke", "--notebooks-dir", str(project / "notebooks"),
-                      "--results-dir", str(project / "results")])
+def test_bad_jobs_is_a_clear_error(project, capsys):
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
+        rg.regenerate("smoke", notebooks_dir=project / "notebooks", results_dir=project / "results", jobs=0)
+    with pytest.raises(SystemExit) as e:
+        rg.main(_args(project, "--jobs", "0"))
+    assert e.value.code == 2 and "--jobs must be 1 or more" in capsys.readouterr().err
+
+
+def test_failing_notebook_does_not_stop_the_others(ran, capsys):
+    project, status = ran
     assert status == 1
     out = project / "results" / "smoke"
     report = (out / "REPORT.md").read_text()
-    assert "1 of 2 notebooks ran" in report and "1 of 1 claim checks passed" in report
-    assert "| 02_fail | **FAILED** |" in report and "RuntimeError: boom in the notebook" in report
-    assert str(out / "02_fail" / "02_fail.ipynb") in report  # where the executed copy is
+    assert "**1 of 2 notebooks ok**" in report and "**1 of 1 claim checks passed**" in report
+    assert re.search(r"\| 02_fail \| \*\*FAILED\*\* \| \d{4}-\d\d-\d\d \d\d:\d\d \|", report)
+    assert "RuntimeError: boom in the notebook" in report
+    assert "`02_fail/02_fail.ipynb`" in report  # where the executed copy is, relative to the report
     assert (out / "02_fail" / "02_fail.ipynb").exists()
     assert "`twice_x`: 6" in report  # 01_ok ran with the profile's x = 3
     assert (out / "01_ok" / "line.png").exists() and (out / "01_ok" / "line.pdf").exists()
-    assert "FAILED notebooks: 02_fail" in capsys.readouterr().err
+    assert json.loads((out / "01_ok" / "run.json").read_text())["status"] == "ok"
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".trash-*"))  # staging folders swapped in
 
 
-def test_only_runs_the_named_notebook_and_stale_numbers_are_dropped(project):
-    stale = project / "results" / "smoke" / "01_ok"
-    stale.mkdir(parents=True)
-    (stale / "metrics.json").write_text('{"numbers": {"old": 1}}')
-    runs = rg.regenerate("smoke", only=["01_ok"], notebooks_dir=project / "notebooks",
+def test_report_claims_table_and_parameters_line(ran):
+    project, _ = ran
+    report = (project / "results" / "smoke" / "REPORT.md").read_text()
+    assert "| check | claim | value | op | threshold | result | notebook |" in report
+    assert "| x is positive | 1 | 3 | > | 0 | pass | 01_ok |" in report
+    assert "Parameters: `x=3`." in report
+    # a notebook the profile gives no parameters: the line says so (it used to read "Parameters:" blank)
+    section = report.split("### 02_fail")[1]
+    assert "Parameters: the notebook defaults." in section
+
+
+def test_report_files_are_readable_by_everyone(ran):
+    project, _ = ran
+    out = project / "results" / "smoke"
+    for path in [out / "REPORT.md", out / "index.html", out / "01_ok" / "metrics.json", out / "01_ok" / "run.json",
+                 out / "01_ok" / "01_ok.ipynb", out / "01_ok" / "01_ok.html", out / "01_ok" / "line.png"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_executed_notebook_shows_no_machine_path(ran):
+    project, _ = ran
+    executed = project / "results" / "smoke" / "01_ok" / "01_ok.ipynb"
+    text = executed.read_text()
+    for machine_path in {str(project), str(project.resolve()), str(rg.repo_root())}:
+        assert machine_path not in text
+    nb = json.loads(text)
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert 'output_dir = "."' in "".join(injected[0]["source"])  # runs in its own results folder
+    assert nb["metadata"]["papermill"]["output_path"] == "01_ok.ipynb"
+
+
+def test_html_page_and_gallery_fetch_nothing_from_the_network(ran):
+    project, _ = ran
+    out = project / "results" / "smoke"
+    page = (out / "01_ok" / "01_ok.html").read_text()
+    assert 'src="../mathjax/MathJax.js?config=' in page
+    assert (out / "mathjax" / "MathJax.js").exists() and (out / "mathjax" / "jax" / "input" / "TeX").is_dir()
+    for html_text in (page, (out / "index.html").read_text()):
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html_text.split("<body")[0])  # head: no CDN
+        assert not re.search(r"""<(script|img|link)[^>]+(src|href)=["']?(https?:)?//""", html_text)
+
+
+@needs_chromium
+def test_gallery_index_shows_every_figure(ran):
+    project, _ = ran
+    out = project / "results" / "smoke"
+    index = (out / "index.html").read_text()
+    assert "01_ok/line.png" in index and "01_ok/01_ok.html" in index and "02_fail" in index
+    # the same page with a probe that notes each image's decoded size once everything loaded
+    probe = out / ".index-probe.html"
+    probe.write_text(index.replace("</body>", """<script>
+window.addEventListener('load', () => { for (const img of document.images)
+  img.setAttribute('data-loaded', img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0); });
+</script></body>"""))
+    try:
+        dom = rendered_dom(probe, budget_ms=5000)
+    finally:
+        probe.unlink()
+    images = re.findall(r"<img[^>]*>", dom)
+    assert len(images) == 1  # one figure in this profile: 01_ok's line
+    for img in images:
+        loaded = re.search(r'data-loaded="(\d+)"', img)
+        assert loaded and int(loaded.group(1)) > 100, f"figure did not load: {img}"
+
+
+def test_only_keeps_the_whole_profile_in_the_report(ran, tmp_path):
+    project = _copy(ran, tmp_path)
+    before = json.loads((project / "results" / "smoke" / "01_ok" / "run.json").read_text())["finished"]
+    runs = rg.regenerate("smoke", only=["02_fail"], notebooks_dir=project / "notebooks",
                          results_dir=project / "results", progress=False)
-    assert [r.name for r in runs] == ["01_ok"] and runs[0].status == "ok"
-    assert runs[0].metrics["numbers"] == {"twice_x": 6}
+    assert [r.name for r in runs] == ["02_fail"]
+    report = (project / "results" / "smoke" / "REPORT.md").read_text()
+    when = rg._when(before)
+    assert f"| 01_ok | ok (earlier run, {when}) | {when} |" in report  # from its last results, with their date
+    assert f"| x is positive | 1 | 3 | > | 0 | pass | 01_ok ({when}) |" in report
+    assert "`twice_x`: 6" in report and "--only 02_fail" in report
+    assert "**1 of 2 notebooks ok** (1 ran this time" in report
 
 
 def test_notebook_that_records_nothing_counts_as_failed(project):
     _notebook(project / "notebooks" / "03_silent.ipynb", 'output_dir = "."', "pass")
     runs = rg.regenerate("smoke", only=["03_silent"], notebooks_dir=project / "notebooks",
                          results_dir=project / "results", progress=False)
+    assert [r.name for r in runs] == ["03_silent"]
     assert runs[0].status == "failed" and "recorded no numbers" in runs[0].error
+    report = (project / "results" / "smoke" / "REPORT.md").read_text()
+    assert "| 01_ok | not run yet |" in report and "| 02_fail | not run yet |" in report
+
+
+def _processes_under(folder: Path) -> list:
+    """Processes whose working directory lies in `folder` (a kernel left running would)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)):
+            found.append((proc.name, cwd))
+    return found
+
+
+def test_ctrl_c_keeps_the_last_results(ran, tmp_path):
+    project = _copy(ran, tmp_path)
+    out = project / "results" / "smoke"
+    executed_before = (out / "01_ok" / "01_ok.ipynb").read_bytes()
+    metrics_before = (out / "01_ok" / "metrics.json").read_text()
+    marker = tmp_path / "running"
+    (project / "notebooks" / "profiles" / "smoke.yaml").write_text(f"01_ok:\n  x: 5\n  hold: {str(marker)!r}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "layersim.regenerate", *_args(project, "--only", "01_ok")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():  # the notebook has recorded its new numbers and now sleeps
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "keep their last results" in err
+    # the last good results are untouched: the half-run's numbers (x = 5) never replaced them
+    assert (out / "01_ok" / "metrics.json").read_text() == metrics_before
+    assert (out / "01_ok" / "01_ok.ipynb").read_bytes() == executed_before
+    report = (out / "REPORT.md").read_text()
+    assert re.search(r"\| 01_ok \| \*\*interrupted\*\* \(last results from \d{4}-\d\d-\d\d \d\d:\d\d kept\)",
+                     report)
+    assert "`twice_x`: 6" in report and "| 02_fail | **FAILED** (earlier run" in report
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".trash-*"))  # the staging folder is gone
+    deadline = time.monotonic() + 15
+    while _processes_under(out) and time.monotonic() < deadline:  # the kernel was shut down too
+        time.sleep(0.5)
+    assert _processes_under(out) == []
+
+
+def test_jobs_runs_notebooks_side_by_side(project):
+    body = """
+import json, time
+start = time.time()
+time.sleep(3)
+with open("metrics.json", "w") as f:  # what a Recorder writes, without importing torch
+    json.dump({"notebook": name, "numbers": {"start": start, "end": time.time()}}, f)
+"""
+    nbs = project / "notebooks"
+    for f in nbs.glob("*.ipynb"):
+        f.unlink()
+    (nbs / "profiles" / "smoke.yaml").write_text("")
+    for name in ("01_a", "02_b"):
+        _notebook(nbs / f"{name}.ipynb", f'name = "{name}"\noutput_dir = "."', body)
+    runs = rg.regenerate("smoke", notebooks_dir=nbs, results_dir=project / "results", progress=False, jobs=2)
+    assert [r.status for r in runs] == ["ok", "ok"]
+    a, b = (r.metrics["numbers"] for r in runs)
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # the two ran at the same time
