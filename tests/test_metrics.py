@@ -11,7 +11,8 @@ from scipy.spatial.distance import pdist, squareform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from layersim import metrics  # noqa: E402
+from layersim.metrics import cka_family, cos as cos_module  # noqa: E402  (internals without a public name)
+from layersim.metrics._stack import as_stack  # noqa: E402
 from layersim.metrics import (  # noqa: E402
     MinibatchCKA,
     StreamingCKA,
@@ -27,6 +28,15 @@ from layersim.metrics import (  # noqa: E402
     similarity_to_last,
     trajectory_straightness,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one torch thread is faster on a shared machine; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +144,7 @@ def test_median_distance_matches_numpy_median_of_full_matrix():
     for n in (9, 10):  # odd and even number of matrix entries
         x = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
         sq = squareform(pdist(x.numpy(), "sqeuclidean"))
-        assert metrics._median_sq_distance(x).item() == pytest.approx(np.median(sq), rel=1e-6)
+        assert cka_family.median_sq_distance(x).item() == pytest.approx(np.median(sq), rel=1e-6)
 
 
 def test_cos_matches_definition():
@@ -173,17 +183,30 @@ def test_cka_not_invariant_to_general_linear_maps():
     assert (cka(moved)[0, 1:] - cka(feats)[0, 1:]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("kernel, debiased", [("linear", False), ("linear", True), ("rbf", False)])
-def test_cka_self_similarity_is_one_and_symmetric(kernel, debiased):
+@pytest.mark.parametrize("kernel, debiased", [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)])
+def test_cka_off_diagonal_symmetric_and_self_similarity_through_the_cross_path(kernel, debiased):
+    # cka(feats) sets its diagonal to 1 and mirrors its upper triangle, so neither proves anything.
+    # Compare stacks in both orders instead (each computed on its own), against an independent
+    # implementation, and read a layer's similarity with itself from the cross-stack path.
     feats = layered_features(num_layers=4, n=40, d=5, seed=7)
+    other = torch.stack([feats[3] ** 2, feats[1] @ random_orthogonal(5, 1) * 3.0 + 2.0, feats[0]])
+    forward = cka(feats, other, kernel=kernel, debiased=debiased)
+    backward = cka(other, feats, kernel=kernel, debiased=debiased)
+    assert torch.allclose(forward, backward.T, atol=1e-12)
+    for l in range(4):
+        for m in range(3):
+            expected = np_cka(feats[l].numpy(), other[m].numpy(), kernel, debiased)
+            assert forward[l, m].item() == pytest.approx(expected, abs=1e-10)
+    assert forward[1, 1].item() == pytest.approx(1.0, abs=1e-12)  # layer 2 rotated, scaled, shifted
+    assert forward[0, 2].item() == pytest.approx(1.0, abs=1e-12)  # layer 1 itself
+    assert forward[2, 2].item() < 0.999  # a different layer is not 1
     sim = cka(feats, kernel=kernel, debiased=debiased)
-    assert torch.allclose(sim.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(sim, sim.T, atol=1e-12)
-    other = feats[[3, 1]]
-    assert torch.allclose(cka(feats, other, kernel=kernel, debiased=debiased),
-                          cka(other, feats, kernel=kernel, debiased=debiased).T, atol=1e-12)
+    for l in range(4):
+        for m in range(4):
+            if l != m:
+                assert sim[l, m].item() == pytest.approx(np_cka(feats[l].numpy(), feats[m].numpy(), kernel, debiased), abs=1e-10)
     if not debiased:
-        assert bool((sim >= 0).all()) and bool((sim <= 1 + 1e-12).all())
+        assert bool((forward >= 0).all()) and bool((forward <= 1).all())
 
 
 def test_cka_of_a_layer_with_itself_across_stacks_is_one():
@@ -226,35 +249,35 @@ def test_gram_form_equals_feature_form(debiased):
     feats = layered_features(num_layers=4, n=35, d=6, seed=11, offset=2.0)
     other = [feats[1, :, :2], torch.cat([feats[3], feats[0]], dim=1)]  # widths 2 and 12
     for second in (None, other):
-        gram = metrics._cka(feats, second, debiased=debiased, form="gram")
-        feature = metrics._cka(feats, second, debiased=debiased, form="feature")
+        gram = cka(feats, second, debiased=debiased, form="gram")
+        feature = cka(feats, second, debiased=debiased, form="feature")
         assert torch.allclose(gram, feature, atol=1e-10)
         assert torch.allclose(hsic(feats, second, debiased=debiased, form="gram"),
                               hsic(feats, second, debiased=debiased, form="feature"), rtol=1e-9)
 
 
 def test_form_choice_follows_the_shapes():
-    wide = metrics._as_stack(torch.randn(3, 20, 200))
-    tall = metrics._as_stack(torch.randn(3, 2000, 10))
-    assert metrics._choose_form(wide, None) == "gram"
-    assert metrics._choose_form(tall, None) == "feature"
+    wide = as_stack(torch.randn(3, 20, 200))
+    tall = as_stack(torch.randn(3, 2000, 10))
+    assert cka_family.choose_form(wide, None) == "gram"
+    assert cka_family.choose_form(tall, None) == "feature"
 
 
 def test_chunked_paths_equal_single_chunk(monkeypatch):
     feats = layered_features(num_layers=3, n=45, d=4, seed=12)
     expected_rbf = cka(feats, kernel="rbf", debiased=True)
     expected_cos = cos_similarity(feats)
-    monkeypatch.setattr(metrics, "_GRAM_CHUNK_BYTES", 8 * 45 * 3 * 7)  # 7 rows per chunk
-    monkeypatch.setattr(metrics, "_COS_CHUNK_BYTES", 8 * 4 * 6 * 5)  # 5 samples per chunk
+    monkeypatch.setattr(cka_family, "_GRAM_CHUNK_BYTES", 8 * 45 * 3 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(cos_module, "_COS_CHUNK_BYTES", 8 * 4 * 6 * 5)  # 5 samples per chunk
     assert torch.allclose(cka(feats, kernel="rbf", debiased=True), expected_rbf, atol=1e-12)
     assert torch.allclose(cos_similarity(feats), expected_cos, atol=1e-12)
 
 
 def test_rbf_median_subsample_is_deterministic_and_close(monkeypatch):
     x = torch.randn(1500, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
-    exact = metrics._median_sq_distance(x)
-    monkeypatch.setattr(metrics, "_MEDIAN_MAX_SAMPLES", 500)
-    first, second = metrics._median_sq_distance(x), metrics._median_sq_distance(x)
+    exact = cka_family.median_sq_distance(x)
+    monkeypatch.setattr(cka_family, "_MEDIAN_MAX_SAMPLES", 500)
+    first, second = cka_family.median_sq_distance(x), cka_family.median_sq_distance(x)
     assert first == second
     assert first.item() == pytest.approx(exact.item(), rel=0.02)
 
@@ -263,8 +286,8 @@ def test_rbf_median_subsample_is_deterministic_and_close(monkeypatch):
 def test_float32_input_within_1e4_of_float64(debiased):
     feats = layered_features(num_layers=5, n=300, d=16, seed=14, offset=1.5)
     for form in ("feature", "gram"):
-        f64 = metrics._cka(feats, debiased=debiased, form=form)
-        f32 = metrics._cka(feats.float(), debiased=debiased, form=form)
+        f64 = cka(feats, debiased=debiased, form=form)
+        f32 = cka(feats.float(), debiased=debiased, form=form)
         assert (f32 - f64).abs().max() < 1e-4
     assert (cos_similarity(feats.float()) - cos_similarity(feats)).abs().max() < 1e-4
     assert (cka(feats.float(), kernel="rbf") - cka(feats, kernel="rbf")).abs().max() < 1e-4
@@ -518,3 +541,277 @@ def test_bad_options_and_helpers():
         similarity_by_gap(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="at least 2 layers"):
         trajectory_straightness(good()[:1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reliability (issue 8): each test failed before the fix it covers
+# ----------------------------------------------------------------------------------------------
+def test_cos_stays_in_range_with_an_exact_diagonal():
+    # Issue 8, item 1: cos_similarity(torch.randn(6, 96, 384).cumsum(0)).max() was 1 + 2e-15.
+    feats = torch.randn(6, 96, 384, generator=torch.Generator().manual_seed(0)).cumsum(0)
+    ones = torch.ones(6, dtype=torch.float64)
+    for x in (feats, feats.double()):
+        for centered in (True, False):
+            sim = cos_similarity(x, centered=centered)
+            assert torch.equal(sim.diagonal(), ones)
+            assert -1.0 <= sim.min().item() and sim.max().item() <= 1.0
+            assert bool(torch.isfinite(torch.arccos(sim)).all())
+            assert similarity_to_last(sim)[-1].item() == 1.0
+            per_sample = cos_per_sample(x, centered=centered)
+            assert torch.equal(per_sample.diagonal(dim1=0, dim2=1), torch.ones(96, 6, dtype=torch.float64))
+            assert per_sample.abs().max().item() <= 1.0
+            crossed = cos_similarity(x, x.clone(), centered=centered)  # no diagonal set by the code
+            assert crossed.abs().max().item() <= 1.0
+            assert (crossed.diagonal() - 1).abs().max().item() < 1e-12
+        streamed = StreamingCOS(centered=True, mean=x.double().mean(1))
+        for part in batches(96, [50, 46]):
+            streamed.update(x[:, part])
+        assert torch.equal(streamed.compute().diagonal(), ones)
+        assert streamed.compute().abs().max().item() <= 1.0
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_float32_cka_survives_extreme_scales(scale, debiased):
+    # Issue 8, item 2: cka(torch.randn(3, 200, 4) * 1e20) was a matrix of zeros in float32.
+    x = layered_features(num_layers=3, n=200, d=4, seed=30).float() * scale  # float32
+    exact = x.double()  # the same values, computed in float64
+    expected = cka(exact / scale, debiased=debiased)
+    assert (cka(x, debiased=debiased) - expected).abs().max() < 1e-5
+    assert (cka(x, debiased=debiased, form="gram") - expected).abs().max() < 1e-5
+    assert (cka(x, kernel="rbf") - cka(exact / scale, kernel="rbf")).abs().max() < 1e-5
+    expected_hsic = hsic(exact / scale, debiased=debiased)
+    assert torch.allclose(hsic(x, debiased=debiased) / scale**4, expected_hsic, rtol=1e-5, atol=0)
+    streaming = StreamingCKA(debiased=debiased)
+    for part in batches(200, [64, 64, 72]):
+        streaming.update(x[:, part])
+    assert (streaming.compute() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_float64_cka_and_cos_survive_extreme_scales(scale):
+    # Found by the Hypothesis suite, beyond issue 8's list: float64 squares overflow or underflow.
+    x = layered_features(num_layers=3, n=40, d=4, seed=31)
+    assert (cka(x * scale) - cka(x)).abs().max() < 1e-12
+    assert (cka(x * scale, debiased=True) - cka(x, debiased=True)).abs().max() < 1e-12
+    assert (cka(x * scale, kernel="rbf") - cka(x, kernel="rbf")).abs().max() < 1e-12
+    for centered in (True, False):
+        assert (cos_similarity(x * scale, centered=centered) - cos_similarity(x, centered=centered)).abs().max() < 1e-12
+    assert (trajectory_straightness(x * scale) - trajectory_straightness(x)).abs().max() < 1e-12
+
+
+def test_float32_means_are_accumulated_in_float64():
+    # Issue 8, item 3: a layer whose offset is 1e5 times its spread.
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(3, 50_000, 16, dtype=torch.float64, generator=gen)
+    x = (x + 1e5 * torch.randn(16, dtype=torch.float64, generator=gen)).float()
+    exact = x.double()  # the same float32 values
+    assert (StreamingMean().update(x).compute() - exact.mean(1)).abs().max() < 1e-6
+    assert (cos_similarity(x) - cos_similarity(exact)).abs().max() < 1e-9
+    assert (cos_per_sample(x[:, :500]) - cos_per_sample(exact[:, :500])).abs().max() < 1e-9
+    for debiased in (False, True):
+        assert (cka(x, debiased=debiased) - cka(exact, debiased=debiased)).abs().max() < 1e-6
+
+
+def test_nan_means_are_rejected():
+    # Issue 8, item 4.
+    feats = good()
+    bad_mean = feats.mean(1)
+    bad_mean[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="mean .*NaN or Inf"):
+        cos_per_sample(feats, mean=bad_mean)
+    with pytest.raises(ValueError, match="other_mean .*NaN or Inf"):
+        cos_per_sample(feats, feats, mean=feats.mean(1), other_mean=bad_mean)
+    with pytest.raises(ValueError, match="mean .*NaN or Inf"):
+        StreamingCOS(centered=True, mean=bad_mean)
+    with pytest.raises(ValueError, match="other_mean .*NaN or Inf"):
+        StreamingCOS(centered=True, mean=feats.mean(1), other_mean=bad_mean)
+
+
+def test_streaming_cos_rejects_batches_of_another_width():
+    # Issue 8, item 4: StreamingCOS(centered=False) accepted a batch of width 3 after width 4.
+    for make in (lambda: StreamingCOS(centered=False), lambda: StreamingCOS(centered=True, mean=good().mean(1))):
+        streaming = make().update(good())
+        with pytest.raises(ValueError, match="width"):
+            streaming.update(torch.randn(3, 20, 3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="layers"):
+            streaming.update(good()[:2])
+
+
+def test_layerwise_accuracy_rejects_bad_labels():
+    # Issue 8, item 4: labels outside [0, C) or of float type gave 0.0 or a silent truncation.
+    logits = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(33))
+    with pytest.raises(ValueError, match=r"labels .*\[0, 3\)"):
+        layerwise_accuracy(logits, torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(ValueError, match=r"labels .*\[0, 3\)"):
+        layerwise_accuracy(logits, torch.tensor([0, -1, 2, 2]))
+    with pytest.raises(ValueError, match="labels .*negative"):
+        layerwise_accuracy(logits.argmax(-1), torch.tensor([0, -1, 2, 2]))
+    with pytest.raises(ValueError, match="labels .*num_classes=3"):
+        layerwise_accuracy(logits.argmax(-1), torch.tensor([0, 1, 3, 2]), num_classes=3)
+    for floats in (torch.tensor([0.0, 1.0, 2.0, 1.0]), np.array([0.0, 1.0, 2.0, 1.0])):
+        with pytest.raises(ValueError, match="labels must be integer class indices"):
+            layerwise_accuracy(logits, floats)
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
+        layerwise_accuracy(logits, torch.tensor([True, False, True, True]))
+
+
+@pytest.mark.parametrize("function", [similarity_to_last, similarity_by_gap])
+def test_similarity_helpers_reject_nan_and_empty(function):
+    # Issue 8, item 4: NaN passed through; empty matrices raised IndexError / RuntimeError.
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        function(torch.tensor([[1.0, float("nan")], [0.5, 1.0]]))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        function(torch.tensor([[1.0, 0.2], [float("inf"), 1.0]]))
+    for shape in ((0, 0), (2, 0), (0, 2)):
+        with pytest.raises(ValueError, match="empty"):
+            function(torch.zeros(shape))
+
+
+def test_cka_stays_in_range_and_its_self_matrix_is_symmetric():
+    # Found by the Hypothesis suite, beyond issue 8's list: rounding gave biased CKA 1 + 2e-16 (a layer
+    # against a copy of itself, or n = 2), and a debiased cka(feats) whose two triangles differed.
+    feats = layered_features(num_layers=3, n=8, d=1, seed=34)
+    for debiased in (False, True):
+        for kernel in ("linear", "rbf"):
+            sim = cka(feats, kernel=kernel, debiased=debiased)
+            assert torch.equal(sim, sim.T)
+            crossed = cka(feats, feats * 3.0 + 1.0, kernel=kernel, debiased=debiased)
+            assert (-1.0 if debiased else 0.0) <= crossed.min().item() and crossed.max().item() <= 1.0
+    pair = torch.tensor([[[0.3, -1.1]], [[-0.7, 0.2]]], dtype=torch.float64).transpose(1, 2)  # n = 2
+    assert cka(pair, pair.flip(0)).max().item() <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging accumulators, in one process and across torch.distributed ranks (issue 9, item 4)
+# ----------------------------------------------------------------------------------------------
+def merge_data():
+    feats = layered_features(num_layers=4, n=90, d=5, seed=40, offset=3.0)
+    other = [feats[1, :, :2] ** 2, feats[3] @ random_orthogonal(5, 2) + 1.0]
+    return feats, other
+
+
+def accumulate(make, feats, other, rows, sizes):
+    """One accumulator fed the samples ``rows`` of feats (and other) in batches of ``sizes``."""
+    acc = make()
+    start = rows.start
+    for size in sizes:
+        stop = min(rows.stop, start + size)
+        if stop > start:
+            part = slice(start, stop)
+            if other is None:
+                acc.update(feats[:, part])
+            else:
+                acc.update(feats[:, part], [o[part] for o in other])
+        start = stop
+    return acc
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("with_other", [False, True])
+def test_merged_streaming_cka_equals_one_pass_and_in_memory(debiased, with_other):
+    feats, other = merge_data()
+    other = other if with_other else None
+    make = lambda: StreamingCKA(debiased=debiased)  # noqa: E731
+    one_pass = accumulate(make, feats, other, slice(0, 90), [13] * 7)
+    first = accumulate(make, feats, other, slice(0, 37), [5, 30, 2])
+    second = accumulate(make, feats, other, slice(37, 90), [1, 52])
+    # Make the two halves' origins (their first batches' means) very different: the merge must move
+    # one half's sums to the other's origin exactly.
+    merged = first.merge(second)
+    assert merged is first and merged.n == 90
+    expected = cka(feats, other, debiased=debiased)
+    assert (one_pass.compute() - expected).abs().max() < 1e-12
+    assert (merged.compute() - expected).abs().max() < 1e-12
+    assert ((merged.hsic() - hsic(feats, other, debiased=debiased)).abs()
+            / hsic(feats, other, debiased=debiased).abs().max()).max() < 1e-12
+    assert second.n == 53  # the merged-in accumulator is unchanged
+    assert (second.compute() - cka(feats[:, 37:], None if other is None else [o[37:] for o in other],
+                                   debiased=debiased)).abs().max() < 1e-12
+
+
+def test_merged_mean_cos_and_minibatch_equal_one_pass():
+    feats, _ = merge_data()
+    mean_a = accumulate(StreamingMean, feats, None, slice(0, 50), [50])
+    mean_b = accumulate(StreamingMean, feats, None, slice(50, 90), [7, 33])
+    mean = mean_a.merge(mean_b).compute()
+    assert torch.allclose(mean, feats.mean(1), atol=1e-14, rtol=0)
+    for centered in (True, False):
+        make = lambda: StreamingCOS(centered=centered, mean=mean if centered else None)  # noqa: E731
+        a = accumulate(make, feats, None, slice(0, 20), [20])
+        b = accumulate(make, feats, None, slice(20, 90), [30, 40])
+        assert torch.allclose(a.merge(b).compute(), cos_similarity(feats, centered=centered), atol=1e-14, rtol=0)
+    one = accumulate(MinibatchCKA, feats, None, slice(0, 90), [30, 30, 30])
+    a = accumulate(MinibatchCKA, feats, None, slice(0, 30), [30])
+    b = accumulate(MinibatchCKA, feats, None, slice(30, 90), [30, 30])
+    assert a.merge(b).batches == 3
+    assert torch.allclose(a.compute(), one.compute(), atol=1e-14, rtol=0)
+
+
+def test_merge_with_empty_and_mismatched_accumulators():
+    feats, other = merge_data()
+    full = StreamingCKA().update(feats)
+    assert torch.equal(StreamingCKA().merge(full).compute(), full.compute())
+    assert torch.equal(StreamingCKA().update(feats).merge(StreamingCKA()).compute(), full.compute())
+    with pytest.raises(ValueError, match="different debiased"):
+        StreamingCKA().update(feats).merge(StreamingCKA(debiased=True).update(feats))
+    with pytest.raises(ValueError, match="different widths"):
+        StreamingCKA().update(feats).merge(StreamingCKA().update(feats[:, :, :3]))
+    with pytest.raises(ValueError, match="different num_feats"):
+        StreamingCKA().update(feats).merge(StreamingCKA().update(feats[:2], feats[2:]))
+    with pytest.raises(ValueError, match="different mean"):
+        StreamingCOS(mean=feats.mean(1)).update(feats).merge(StreamingCOS(mean=feats.mean(1) + 1).update(feats))
+    with pytest.raises(TypeError, match="can only merge a StreamingCKA"):
+        StreamingCKA().merge(StreamingMean())
+    with pytest.raises(ValueError, match="init_process_group"):
+        StreamingCKA().update(feats).all_reduce_()
+
+
+def _all_reduce_worker(rank, world_size, init_file, out_dir):
+    """One rank of the 2-process test: accumulate this rank's share, all-reduce, save the results."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        feats, other = merge_data()
+        rows = slice(0, 40) if rank == 0 else slice(40, 90)
+        results = {}
+        mean = accumulate(StreamingMean, feats, None, rows, [15] * 4).all_reduce_().compute()
+        results["mean"] = mean
+        results["cos"] = accumulate(lambda: StreamingCOS(mean=mean), feats, None, rows, [25] * 2).all_reduce_().compute()
+        for debiased in (False, True):
+            results[f"cka-{debiased}"] = accumulate(
+                lambda: StreamingCKA(debiased=debiased), feats, None, rows, [11] * 5).all_reduce_().compute()
+            results[f"cross-{debiased}"] = accumulate(
+                lambda: StreamingCKA(debiased=debiased), feats, other, rows, [50]).all_reduce_().compute()
+        # Rank 1 sees no samples at all: it takes part with empty sums and ends with rank 0's result.
+        only_rank0 = accumulate(StreamingCKA, feats, None, slice(0, 90) if rank == 0 else slice(0, 0), [45, 45])
+        results["one-rank"] = only_rank0.all_reduce_().compute()
+        results["minibatch"] = accumulate(MinibatchCKA, feats, None, slice(0, 30) if rank == 0 else slice(30, 90),
+                                          [30, 30]).all_reduce_().compute()
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_across_two_processes_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    feats, other = merge_data()
+    expected = {
+        "mean": feats.mean(1),
+        "cos": cos_similarity(feats),
+        "cka-False": cka(feats),
+        "cka-True": cka(feats, debiased=True),
+        "cross-False": cka(feats, other),
+        "cross-True": cka(feats, other, debiased=True),
+        "one-rank": cka(feats),
+        "minibatch": accumulate(MinibatchCKA, feats, None, slice(0, 90), [30, 30, 30]).compute(),
+    }
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(results) == set(expected)
+        for key, value in expected.items():
+            assert (results[key] - value).abs().max().item() < 1e-12, (rank, key)
