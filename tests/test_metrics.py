@@ -588,9 +588,10 @@ def test_float32_cka_survives_extreme_scales(scale, debiased):
     assert (streaming.compute() - expected).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("scale", [1e200, 1e-200])
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e-310])
 def test_float64_cka_and_cos_survive_extreme_scales(scale):
-    # Found by the Hypothesis suite, beyond issue 8's list: float64 squares overflow or underflow.
+    # Found by the Hypothesis suite, beyond issue 8's list: float64 squares overflow or underflow
+    # (1e-310: subnormal values, whose power-of-two factor 2^1030 is itself beyond float64).
     x = layered_features(num_layers=3, n=40, d=4, seed=31)
     assert (cka(x * scale) - cka(x)).abs().max() < 1e-12
     assert (cka(x * scale, debiased=True) - cka(x, debiased=True)).abs().max() < 1e-12

@@ -155,7 +155,7 @@ TOL = 1e-8
 # ----------------------------------------------------------------------------------------------
 # Invariances
 # ----------------------------------------------------------------------------------------------
-@budget(40)
+@budget(60)
 @given(feats=stacks(), seed=st.integers(0, 2**16), scale=st.sampled_from([1e-3, 0.37, 3.0, 1e4]),
        debiased=st.booleans(), kernel=st.sampled_from(["linear", "rbf"]))
 def test_cka_invariant_to_orthogonal_maps_and_isotropic_scaling(feats, seed, scale, debiased, kernel):
@@ -167,7 +167,7 @@ def test_cka_invariant_to_orthogonal_maps_and_isotropic_scaling(feats, seed, sca
     assert (cka(feats, moved, kernel=kernel, debiased=debiased) - cka(feats, feats, kernel=kernel, debiased=debiased)).abs().max() < TOL
 
 
-@budget(40)
+@budget(60)
 @given(feats=stacks(), seed=st.integers(0, 2**16), centered=st.booleans())
 def test_cos_invariant_to_positive_per_sample_scaling(feats, seed, centered):
     assume(no_zero_rows(feats, centered))
@@ -186,7 +186,7 @@ def test_cos_invariant_to_positive_per_sample_scaling(feats, seed, centered):
 # ----------------------------------------------------------------------------------------------
 # Symmetry, self-similarity, ranges, an independent implementation
 # ----------------------------------------------------------------------------------------------
-@budget(40)
+@budget(60)
 @given(feats=stacks(min_layers=2), debiased=st.booleans(), kernel=st.sampled_from(["linear", "rbf"]))
 def test_cka_symmetry_self_similarity_and_range(feats, debiased, kernel):
     assume(not_constant(feats))
@@ -206,7 +206,7 @@ def test_cka_symmetry_self_similarity_and_range(feats, debiased, kernel):
         assert low <= matrix.min().item() and matrix.max().item() <= 1.0
 
 
-@budget(40)
+@budget(60)
 @given(feats=stacks(min_layers=2, max_layers=3, max_n=16), debiased=st.booleans())
 def test_linear_cka_equals_a_from_scratch_numpy_implementation(feats, debiased):
     assume(not_constant(feats))
@@ -218,7 +218,7 @@ def test_linear_cka_equals_a_from_scratch_numpy_implementation(feats, debiased):
                 assert sim[l, m].item() == pytest.approx(expected, abs=TOL)
 
 
-@budget(40)
+@budget(60)
 @given(feats=stacks(min_layers=2), centered=st.booleans())
 def test_cos_symmetry_self_similarity_and_range(feats, centered):
     assume(not_constant(feats) and no_zero_rows(feats, centered))
@@ -236,7 +236,7 @@ def test_cos_symmetry_self_similarity_and_range(feats, centered):
 # ----------------------------------------------------------------------------------------------
 # Gram form == feature form; streaming and merging == in memory; float32 ~ float64
 # ----------------------------------------------------------------------------------------------
-@budget(40)
+@budget(60)
 @given(feats=stacks(), other=st.booleans(), debiased=st.booleans())
 def test_gram_form_equals_feature_form(feats, other, debiased):
     assume(not_constant(feats))
@@ -250,7 +250,7 @@ def test_gram_form_equals_feature_form(feats, other, debiased):
     assert (hsic_gram - hsic_feature).abs().max() <= TOL * hsic_gram.abs().max()
 
 
-@budget(40)
+@budget(60)
 @given(data=st.data(), feats=stacks(), debiased=st.booleans(), with_other=st.booleans())
 def test_streaming_cka_equals_in_memory_for_any_split(data, feats, debiased, with_other):
     assume(not_constant(feats))
@@ -288,7 +288,7 @@ def splits_of(sizes, n):
     return out
 
 
-@budget(40)
+@budget(60)
 @given(data=st.data(), feats=stacks(), centered=st.booleans())
 def test_streaming_cos_and_mean_equal_in_memory_for_any_split(data, feats, centered):
     assume(not_constant(feats) and no_zero_rows(feats, centered))
@@ -313,7 +313,7 @@ def test_streaming_cos_and_mean_equal_in_memory_for_any_split(data, feats, cente
     assert (a.merge(b).compute() - expected).abs().max() < 1e-12
 
 
-@budget(40)
+@budget(60)
 @given(feats=stacks(min_n=10), debiased=st.booleans(), kernel=st.sampled_from(["linear", "rbf"]))
 def test_float32_within_tolerance_of_float64(feats, debiased, kernel):
     # Well scaled: every layer's values within a factor 1e4 of its spread. Float32 products carry
@@ -340,7 +340,8 @@ def hostile(draw):
          "container", "tiny_n"]), min_size=1, max_size=3))
     x = base
     if "scale" in faults:
-        x = x * 10.0 ** draw(st.integers(-320, 310))
+        power = draw(st.integers(-330, 330))  # applied in two factors, each a finite float64
+        x = x * 10.0 ** (power // 2) * 10.0 ** (power - power // 2)
     if "constant" in faults:
         x[draw(st.integers(0, len(x) - 1))] = draw(st.sampled_from([0.0, 0.7, -1e30]))
     if "duplicate" in faults:
@@ -365,7 +366,7 @@ def hostile(draw):
         axis = draw(st.integers(0, 2))
         x = x.narrow(axis, 0, 0)
     if "ndim" in faults:
-        x = draw(st.sampled_from([x[0] if len(x) else x[:, 0], x[None], x.reshape(-1), x.sum()]))
+        x = draw(st.sampled_from([x[0] if len(x) else x.sum(0), x[None], x.reshape(-1), x.sum()]))
     if "ragged_n" in faults and x.ndim == 3 and len(x) and x.shape[1] > 1:
         x = list(x)
         x[-1] = x[-1][:-1]
@@ -432,7 +433,7 @@ def close(value, expected, tol):
     assert (value - expected).abs().max().item() < tol, (value, expected)
 
 
-@budget(150)
+@budget(300)
 @given(x=hostile(), centered=st.booleans(), debiased=st.booleans(), kernel=st.sampled_from(["linear", "rbf"]))
 def test_hostile_stacks_give_a_correct_value_or_a_clear_error(x, centered, debiased, kernel):
     value = outcome(lambda: cos_similarity(x, centered=centered))
@@ -458,7 +459,7 @@ def test_hostile_stacks_give_a_correct_value_or_a_clear_error(x, centered, debia
         assert 0.0 <= value.min().item() and value.max().item() <= 1.0
 
 
-@budget(150)
+@budget(300)
 @given(x=hostile(), y=hostile(), centered=st.booleans(), debiased=st.booleans())
 def test_hostile_batches_for_accumulators(x, y, centered, debiased):
     def streaming_cka():
@@ -490,7 +491,7 @@ def test_hostile_batches_for_accumulators(x, y, centered, debiased):
             assert low - 1e-12 <= value.min().item() and value.max().item() <= 1.0
 
 
-@budget(100)
+@budget(200)
 @given(
     shape=st.lists(st.integers(0, 4), min_size=0, max_size=4),
     dtype=st.sampled_from(DTYPES),
@@ -525,7 +526,8 @@ def test_hostile_readouts(shape, dtype, labels_kind, seed):
         assert value.min().item() >= 1 and value.max().item() <= shape[0]
     value = outcome(lambda: layerwise_accuracy(values, labels))
     if value is not None:
-        assert labels_kind == "ok"
+        # Labels too large are only detectable when the logits say how many classes there are.
+        assert labels_kind == "ok" or (labels_kind == "too_big" and len(shape) == 2)
         preds = values.argmax(-1) if len(shape) == 3 else values
         assert torch.equal(value, (preds.long() == labels).double().mean(1))
     for helper in (similarity_to_last, similarity_by_gap):

@@ -54,7 +54,7 @@ class Accumulator:
             same = torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a == b
             if not same:
                 raise ValueError(
-                    f"cannot merge {type(self).__name__} accumulators with different {key}: {a!r} here, "
+                    f"cannot merge {type(self).__name__} accumulators with different {key}: {a!r} against "
                     f"{b!r} in {what}"
                 )
 

@@ -34,19 +34,19 @@ class Stack:
 
     ``layers``: L tensors (n, d_l) in one compute dtype; ``means``: their float64 means over samples,
     (d_l,) each; ``name``: how error messages call the stack ("feats", "other"); ``whole``: the
-    (L, n, d) tensor the layers are views of, if any; ``scales``: the power of two each layer was
-    multiplied by (all 1.0 unless :meth:`well_scaled` rescaled it).
+    (L, n, d) tensor the layers are views of, if any; ``scales``: the exponent k of the factor 2^k
+    each layer was multiplied by (all 0 unless :meth:`well_scaled` rescaled it).
     """
 
     layers: List[torch.Tensor]
     means: List[torch.Tensor]
     name: str
     whole: Optional[torch.Tensor] = None
-    scales: List[float] = field(default_factory=list)
+    scales: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.scales:
-            self.scales = [1.0] * len(self.layers)
+            self.scales = [0] * len(self.layers)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """(L, stop - start, d) samples start..stop-1 of every layer (equal widths only)."""
@@ -84,16 +84,15 @@ class Stack:
         """This stack with every layer whose largest |value| lies outside [2^-e, 2^e] multiplied by a
         power of two that brings it into [0.5, 1) (``e``: ``exponent``, default by the compute dtype,
         :data:`SAFE_EXPONENT`). Exact (only exponents change); the means are scaled alike and
-        ``scales`` records the factors. Layers inside the range are left as they are (same tensors).
+        ``scales`` records the factors' exponents. Layers inside the range are left as they are.
         """
         exponent = SAFE_EXPONENT[self.dtype] if exponent is None else exponent
-        peaks = _peaks(self)
-        factors = [_power_of_two_factor(peak, exponent) for peak in peaks]
-        if all(f == 1.0 for f in factors):
+        powers = [_power_of_two_exponent(peak, exponent) for peak in _peaks(self)]
+        if not any(powers):
             return self
-        layers = [layer if f == 1.0 else layer * f for layer, f in zip(self.layers, factors)]
-        means = [mean if f == 1.0 else mean * f for mean, f in zip(self.means, factors)]
-        scales = [s * f for s, f in zip(self.scales, factors)]
+        layers = [times_power_of_two(layer, k) for layer, k in zip(self.layers, powers)]
+        means = [times_power_of_two(mean, k) for mean, k in zip(self.means, powers)]
+        scales = [s + k for s, k in zip(self.scales, powers)]
         return replace(self, layers=layers, means=means, whole=None, scales=scales)
 
 
@@ -106,11 +105,20 @@ def _peaks(stack: Stack) -> List[float]:
     return [max(float(layer.max()), -float(layer.min())) for layer in stack.layers]
 
 
-def _power_of_two_factor(peak: float, exponent: int) -> float:
-    """1.0 if 2^-exponent <= peak <= 2^exponent (or peak is 0), else 2^-k with peak * 2^-k in [0.5, 1)."""
+def _power_of_two_exponent(peak: float, exponent: int) -> int:
+    """0 if 2^-exponent <= peak <= 2^exponent (or peak is 0), else k with peak * 2^k in [0.5, 1)."""
     if peak == 0.0 or (2.0**-exponent <= peak <= 2.0**exponent):
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(peak)[1])
+        return 0
+    return -math.frexp(peak)[1]
+
+
+def times_power_of_two(values: torch.Tensor, power: int) -> torch.Tensor:
+    """``values * 2**power``, exact, in steps that stay finite (a subnormal's factor exceeds 2^1023)."""
+    while power:
+        step = max(-1000, min(1000, power))
+        values = values * math.ldexp(1.0, step)
+        power -= step
+    return values
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ._reduce import Accumulator, all_reduce_sum, empty_device
-from ._stack import Stack, centred, check_min_samples, check_not_constant, pair_stacks, subtract_mean
+from ._stack import (Stack, centred, check_min_samples, check_not_constant, pair_stacks, subtract_mean,
+                     times_power_of_two)
 
 __all__ = ["cka", "hsic", "MinibatchCKA"]
 
@@ -355,16 +356,22 @@ def hsic_parts(feats, other, kernel, debiased, threshold, form, *, check_constan
 
 
 def _undo_scales(parts, x: Stack, y: Stack):
-    if all(s == 1.0 for s in x.scales + y.scales):
+    """HSIC of the original features from that of the layers rescaled by 2^k (linear kernel: HSIC is
+    homogeneous of degree 2 in each layer). ValueError if the true value lies beyond float64."""
+    if not any(x.scales) and not any(y.scales):
         return parts
-    sx = torch.tensor(x.scales, dtype=torch.float64, device=parts[0].device) ** 2
-    sy = torch.tensor(y.scales, dtype=torch.float64, device=parts[0].device) ** 2
     hsic_xy, hsic_xx, hsic_yy = parts
-    result = (hsic_xy / sx[:, None] / sy[None, :], hsic_xx / sx / sx, hsic_yy / sy / sy)
+    hsic_xy = torch.stack([
+        torch.stack([times_power_of_two(hsic_xy[l, m], -2 * (kx + ky)) for m, ky in enumerate(y.scales)])
+        for l, kx in enumerate(x.scales)
+    ])
+    hsic_xx = torch.stack([times_power_of_two(value, -4 * k) for value, k in zip(hsic_xx, x.scales)])
+    hsic_yy = torch.stack([times_power_of_two(value, -4 * k) for value, k in zip(hsic_yy, y.scales)])
+    result = (hsic_xy, hsic_xx, hsic_yy)
     if not all(bool(torch.isfinite(part).all()) for part in result):
         raise ValueError(
-            "the HSIC of these features lies beyond the float64 range (their magnitude is too large "
-            "or too small); rescale the features (CKA itself is scale invariant and unaffected)"
+            "the HSIC of these features lies beyond the float64 range (their magnitude is too large); "
+            "rescale the features (CKA itself is scale invariant and unaffected)"
         )
     return result
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from ._stack import Stack, check_finite_vector, check_not_constant, pair_stacks
+from ._stack import Stack, check_finite_vector, check_not_constant, pair_stacks, times_power_of_two
 
 __all__ = ["cos_similarity", "cos_per_sample"]
 
@@ -53,7 +53,7 @@ def resolve_means(stack: Stack, centered: bool, mean, name: str) -> Optional[Lis
     if mean is None:
         return stack.means
     values = check_finite_vector(mean, name, (len(stack), stack.widths[0]), stack.device)
-    rows = [row * scale for row, scale in zip(values.unbind(0), stack.scales)]
+    rows = [times_power_of_two(row, k) for row, k in zip(values.unbind(0), stack.scales)]
     if not all(bool(torch.isfinite(row).all()) for row in rows):
         raise ValueError(f"{name} is more than 1e300 times larger than the features it centres")
     return rows

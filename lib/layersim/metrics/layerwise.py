@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ._stack import as_stack, to_tensor
+from ._stack import as_stack, times_power_of_two, to_tensor
 
 __all__ = ["similarity_to_last", "similarity_by_gap", "trajectory_straightness"]
 
@@ -80,8 +80,8 @@ def trajectory_straightness(feats) -> torch.Tensor:
     # (exact), so that distances neither overflow nor underflow.
     peak = max(float(layer.abs().max()) for layer in layers)
     if peak > 0 and not (2.0**-120 <= peak <= 2.0**120):
-        factor = math.ldexp(1.0, -math.frexp(peak)[1])
-        layers = [layer * factor for layer in layers]
+        power = -math.frexp(peak)[1]
+        layers = [times_power_of_two(layer, power) for layer in layers]
     path = sum(torch.linalg.vector_norm(b - a, dim=1) for a, b in zip(layers[:-1], layers[1:]))
     chord = torch.linalg.vector_norm(layers[-1] - layers[0], dim=1)
     moving = path > 0

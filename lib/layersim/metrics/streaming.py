@@ -20,7 +20,7 @@ import torch
 from ._reduce import Accumulator, all_reduce_sum, empty_device
 from ._stack import Stack, as_stack, check_finite_vector, check_min_samples, pair_stacks, to_tensor
 from .cka_family import frobenius_sq, hsic_from_moments, normalise
-from .cos import cos_sums, cos_width, resolve_means
+from .cos import _COS_EXPONENT, cos_sums, cos_width, resolve_means
 
 __all__ = ["StreamingMean", "StreamingCOS", "StreamingCKA"]
 
@@ -121,8 +121,8 @@ class StreamingCOS(Accumulator):
                 f"this batch has {shape[0]} layers (other: {shape[1]}) of width {shape[2]}, the first "
                 f"batch {self._shape[0]} layers (other: {self._shape[1]}) of width {self._shape[2]}"
             )
-        x = x.well_scaled(120)
-        y = None if y is None else y.well_scaled(120)
+        x = x.well_scaled(_COS_EXPONENT)
+        y = None if y is None else y.well_scaled(_COS_EXPONENT)
         if y is not None:
             cos_width(x, y)
         elif len(set(x.widths)) != 1:
