@@ -816,3 +816,30 @@ def test_all_reduce_across_two_processes_equals_one_process(tmp_path):
         assert set(results) == set(expected)
         for key, value in expected.items():
             assert (results[key] - value).abs().max().item() < 1e-12, (rank, key)
+
+
+def test_inputs_are_never_modified():
+    feats, other = merge_data()
+    feats_copy, other_copy = feats.clone(), [o.clone() for o in other]
+    for centered in (True, False):
+        cos_similarity(feats, centered=centered)
+        cos_per_sample(feats, centered=centered)
+        StreamingCOS(centered=centered, mean=feats.mean(1) if centered else None).update(feats).compute()
+    for debiased in (False, True):
+        cka(feats, other, debiased=debiased)
+        cka(feats * 1e200, debiased=debiased)  # a rescaled stack is a copy, never the input
+        StreamingCKA(debiased=debiased).update(feats, other).compute()
+    trajectory_straightness(feats)
+    assert torch.equal(feats, feats_copy) and all(torch.equal(o, c) for o, c in zip(other, other_copy))
+
+
+def test_an_accumulator_merged_into_an_empty_one_keeps_accumulating():
+    # Merging into an empty accumulator copies the other's sums; later batches must still land in
+    # the copied sums (the pairs' cross-products are views into shared blocks).
+    feats, other = merge_data()
+    for second in (None, other):
+        take = (lambda part: None) if second is None else (lambda part: [o[part] for o in second])
+        first = StreamingCKA().update(feats[:, :30], take(slice(0, 30)))
+        merged = StreamingCKA().merge(first).update(feats[:, 30:], take(slice(30, 90)))
+        assert (merged.compute() - cka(feats, second)).abs().max() < 1e-12
+        assert (first.compute() - cka(feats[:, :30], take(slice(0, 30)))).abs().max() < 1e-12

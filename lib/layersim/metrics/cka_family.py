@@ -89,16 +89,17 @@ def row_sq_norms(layer: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(layer, dim=1, dtype=torch.float64).square()
 
 
-def hsic_from_moments(frob_sq, ab, sum_a, sum_b, n: int, debiased: bool) -> torch.Tensor:
-    """Linear HSIC of centred features from their moments (broadcasts over layer pairs).
+def biased_hsic_from_moments(frob_sq, n: int) -> torch.Tensor:
+    """Biased linear HSIC of centred features: ``||X_c^T Y_c||_F^2 / (n-1)^2`` (broadcasts)."""
+    return frob_sq / (n - 1) ** 2
 
-    frob_sq = ||X_c^T Y_c||_F^2, ab = sum_i ||x_i||^2 ||y_i||^2, sum_a = sum_i ||x_i||^2,
-    sum_b = sum_i ||y_i||^2 (all of centred rows). Biased: frob_sq / (n-1)^2. Debiased: the
-    unbiased HSIC of Song et al. (2012) rewritten for centred features (the estimator is invariant
-    to shifting the features, so centring first changes nothing but the rounding).
+
+def debiased_hsic_from_moments(frob_sq, ab, sum_a, sum_b, n: int) -> torch.Tensor:
+    """Unbiased linear HSIC (Song et al. 2012) of centred features from their moments (broadcasts over
+    layer pairs): frob_sq = ||X_c^T Y_c||_F^2, ab = sum_i ||x_i||^2 ||y_i||^2, sum_a = sum_i ||x_i||^2,
+    sum_b = sum_i ||y_i||^2 (all of centred rows). The estimator is invariant to shifting the
+    features, so centring first changes nothing but the rounding.
     """
-    if not debiased:
-        return frob_sq / (n - 1) ** 2
     return (frob_sq - n / (n - 2) * ab + sum_a * sum_b / ((n - 1) * (n - 2))) / (n * (n - 3))
 
 
@@ -133,17 +134,13 @@ def _feature_space_hsic(x: Stack, y: Optional[Stack], debiased: bool):
         frob_xx = torch.stack([frobenius_sq(c.T @ c) for c in columns_x])
         frob_yy = torch.stack([frobenius_sq(c.T @ c) for c in columns_y])
     if not debiased:
-        return (
-            hsic_from_moments(frob, None, None, None, n, False),
-            hsic_from_moments(frob_xx, None, None, None, n, False),
-            hsic_from_moments(frob_yy, None, None, None, n, False),
-        )
+        return tuple(biased_hsic_from_moments(f, n) for f in (frob, frob_xx, frob_yy))
     a = torch.stack([row_sq_norms(c) for c in columns_x], dim=1)  # (n, L)
     b = a if y is None else torch.stack([row_sq_norms(c) for c in columns_y], dim=1)
     sum_a, sum_b = a.sum(0), b.sum(0)
-    hsic_xy = hsic_from_moments(frob, a.T @ b, sum_a[:, None], sum_b[None, :], n, True)
-    hsic_xx = hsic_from_moments(frob_xx, (a * a).sum(0), sum_a, sum_a, n, True)
-    hsic_yy = hsic_from_moments(frob_yy, (b * b).sum(0), sum_b, sum_b, n, True)
+    hsic_xy = debiased_hsic_from_moments(frob, a.T @ b, sum_a[:, None], sum_b[None, :], n)
+    hsic_xx = debiased_hsic_from_moments(frob_xx, (a * a).sum(0), sum_a, sum_a, n)
+    hsic_yy = debiased_hsic_from_moments(frob_yy, (b * b).sum(0), sum_b, sum_b, n)
     return hsic_xy, hsic_xx, hsic_yy
 
 

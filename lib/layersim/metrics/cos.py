@@ -12,7 +12,7 @@ result does not depend on the input dtype beyond the input's own rounding.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -26,13 +26,14 @@ _COS_CHUNK_BYTES = 64 * 2**20
 _COS_EXPONENT = 120
 
 
-def _unit_rows(x: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
-    """float64 rows of x (minus mean), scaled to unit length; an all-zero row stays zero."""
-    x = x.to(torch.float64)
-    if mean is not None:
-        x = x - mean
+def _unit_rows(x: torch.Tensor, mean: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(float64 rows of x (minus mean) scaled to unit length, bool mask of the non-zero rows); an
+    all-zero row stays zero."""
+    # A new float64 tensor in both cases (divided in place below, so never the caller's tensor).
+    x = x.to(torch.float64) - mean if mean is not None else x.to(torch.float64, copy=True)
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+    nonzero = norms > 0
+    return x.div_(torch.where(nonzero, norms, torch.ones_like(norms))), nonzero[..., 0]
 
 
 def cos_width(x: Stack, y: Stack) -> int:
@@ -60,21 +61,17 @@ def resolve_means(stack: Stack, centered: bool, mean, name: str) -> Optional[Lis
 
 
 def _cos_chunks(x: Stack, y: Stack, means_x, means_y, same: bool):
-    """Yield (start, stop, ux, uy): float64 unit vectors (L, b, d) and (L', b, d) for sample chunks."""
+    """Yield (start, stop, ux, uy, nonzero_x): float64 unit vectors (L, b, d) and (L', b, d) for
+    sample chunks, and which vectors of x were non-zero (L, b)."""
     d = cos_width(x, y)
     chunk = max(1, _COS_CHUNK_BYTES // (8 * d * (len(x) + len(y))))
     mean_x = None if means_x is None else torch.stack(means_x)[:, None, :]  # (L, 1, d)
     mean_y = None if means_y is None else torch.stack(means_y)[:, None, :]
     for start in range(0, x.n, chunk):
         stop = min(x.n, start + chunk)
-        ux = _unit_rows(x.rows(start, stop), mean_x)
-        uy = ux if same else _unit_rows(y.rows(start, stop), mean_y)
-        yield start, stop, ux, uy
-
-
-def _nonzero(units: torch.Tensor) -> torch.Tensor:
-    """(L, b) bool: which unit vectors are non-zero (their sample had a direction)."""
-    return units.abs().amax(dim=-1) > 0
+        ux, nonzero_x = _unit_rows(x.rows(start, stop), mean_x)
+        uy = ux if same else _unit_rows(y.rows(start, stop), mean_y)[0]
+        yield start, stop, ux, uy, nonzero_x
 
 
 def cos_sums(x: Stack, y: Optional[Stack], means_x, means_y) -> torch.Tensor:
@@ -84,10 +81,10 @@ def cos_sums(x: Stack, y: Optional[Stack], means_x, means_y) -> torch.Tensor:
     y = x if same else y
     total = torch.zeros(len(x), len(y), dtype=torch.float64, device=x.device)
     counts = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    for _, _, ux, uy in _cos_chunks(x, y, means_x, means_y, same):
+    for _, _, ux, uy, nonzero_x in _cos_chunks(x, y, means_x, means_y, same):
         total += ux.reshape(len(x), -1) @ uy.reshape(len(y), -1).T
         if same:
-            counts += _nonzero(ux).sum(dim=1)
+            counts += nonzero_x.sum(dim=1)
     if same:
         total.diagonal().copy_(counts)
     return total
@@ -145,9 +142,9 @@ def cos_per_sample(
     same = y is None
     y_or_x = x if same else y
     out = torch.empty(len(x), len(y_or_x), x.n, dtype=torch.float64, device=x.device)
-    for start, stop, ux, uy in _cos_chunks(x, y_or_x, means_x, means_y if not same else means_x, same):
+    for start, stop, ux, uy, nonzero_x in _cos_chunks(x, y_or_x, means_x, means_y if not same else means_x, same):
         # (b, L, d) @ (b, d, L') -> (b, L, L'): one small product per sample.
         out[:, :, start:stop] = torch.bmm(ux.transpose(0, 1), uy.permute(1, 2, 0)).permute(1, 2, 0)
         if same:
-            out.diagonal(dim1=0, dim2=1)[start:stop] = _nonzero(ux).T.to(torch.float64)
+            out.diagonal(dim1=0, dim2=1)[start:stop] = nonzero_x.T.to(torch.float64)
     return out.clamp_(-1.0, 1.0)

@@ -19,7 +19,7 @@ import torch
 
 from ._reduce import Accumulator, all_reduce_sum, empty_device
 from ._stack import Stack, as_stack, check_finite_vector, check_min_samples, pair_stacks, to_tensor
-from .cka_family import frobenius_sq, hsic_from_moments, normalise
+from .cka_family import biased_hsic_from_moments, debiased_hsic_from_moments, frobenius_sq, normalise
 from .cos import _COS_EXPONENT, cos_sums, cos_width, resolve_means
 
 __all__ = ["StreamingMean", "StreamingCOS", "StreamingCKA"]
@@ -223,12 +223,6 @@ class PairSums:
     def sums(self) -> List[torch.Tensor]:
         return [self.cross, self.norms_product, self.r_norms_times_c, self.c_norms_times_r]
 
-    def add_batch(self, z_r, z_c, a_r, a_c) -> None:
-        self.cross.addmm_(z_r.T, z_c)
-        self.norms_product += a_r @ a_c
-        self.r_norms_times_c.addmv_(z_c.T, a_r)
-        self.c_norms_times_r.addmv_(z_r.T, a_c)
-
 
 def _shift_layer(layer: LayerSums, n: int, delta: torch.Tensor) -> LayerSums:
     """The sums of ``layer`` for vectors moved to the origin ``shift + delta`` (z' = z - delta)."""
@@ -291,6 +285,8 @@ class StreamingCKA(Accumulator):
         self.layers: List[LayerSums] = []
         self.pairs: Dict[Tuple[int, int], PairSums] = {}
         self._names: List[str] = []
+        self._offsets: List[int] = []  # column of each layer in the batch's column stack
+        self._runs: list = []  # the cross-product storage the pairs view (see _build)
 
     # -- structure -------------------------------------------------------------------------------
     @property
@@ -307,11 +303,33 @@ class StreamingCKA(Accumulator):
         return own + [(l, num_feats + m) for l in range(num_feats) for m in range(count - num_feats)]
 
     def _build(self, widths: List[int], num_feats: int, device) -> None:
+        """Zero sums for layers of ``widths`` (the first ``num_feats`` from feats). The cross-products
+        of one layer r with a contiguous run of layers c are one tensor (one matrix product per
+        batch, as in the in-memory feature-space form); each pair's ``cross`` is a view into it."""
         self.num_feats = num_feats
         self.layers = [LayerSums.zeros(w, device) for w in widths]
         self._names = [f"feats layer {r + 1}" if r < num_feats else f"other layer {r - num_feats + 1}"
                        for r in range(len(widths))]
-        self.pairs = {(r, c): PairSums.zeros(widths[r], widths[c], device) for r, c in self._needed_pairs()}
+        self._offsets = [0]
+        for w in widths:
+            self._offsets.append(self._offsets[-1] + w)
+        pairs = self._needed_pairs()
+        self._runs = []  # (r, first c, last c, storage (w_r, widths of c..last))
+        self.pairs = {}
+        for r in range(len(widths)):
+            columns = [c for rr, c in pairs if rr == r]
+            while columns:
+                first = last = columns.pop(0)
+                while columns and columns[0] == last + 1:
+                    last = columns.pop(0)
+                block = torch.zeros(widths[r], self._offsets[last + 1] - self._offsets[first],
+                                    dtype=torch.float64, device=device)
+                self._runs.append((r, first, last, block))
+                for c in range(first, last + 1):
+                    start = self._offsets[c] - self._offsets[first]
+                    pair = PairSums.zeros(widths[r], widths[c], device)
+                    pair.cross = block[:, start : start + widths[c]]
+                    self.pairs[r, c] = pair
 
     # -- accumulation ------------------------------------------------------------------------------
     def update(self, batch_feats, batch_other=None) -> "StreamingCKA":
@@ -332,11 +350,12 @@ class StreamingCKA(Accumulator):
                 f"batch layer widths {widths} differ from the first batch's "
                 f"{[layer.shift.shape[0] for layer in self.layers]}"
             )
-        shifted, norms = [], []
+        offsets = self._offsets
+        z = torch.empty(x.n, offsets[-1], dtype=torch.float64, device=self.layers[0].total.device)
         for r, (layer, (stack, i)) in enumerate(zip(self.layers, stacks)):
-            values = stack.layers[i].to(torch.float64)
-            z = values - layer.shift
-            peak = float(z.abs().max())
+            values = stack.layers[i].to(z.device, torch.float64)
+            block = torch.sub(values, layer.shift, out=z[:, offsets[r] : offsets[r + 1]])
+            peak = float(block.abs().max())
             if not peak <= 2.0**_STREAMING_EXPONENT or 0 < peak < 2.0**-_STREAMING_EXPONENT:
                 raise ValueError(
                     f"{self._names[r]}: values of magnitude {peak:.3g} (about the first batch's mean) are "
@@ -345,13 +364,19 @@ class StreamingCKA(Accumulator):
                 )
             if not layer.varies:
                 layer.varies = bool((values != layer.first).any())
-            a = z.square().sum(1)
-            layer.total += z.sum(0)
-            layer.sq_norms += a.sum()
-            shifted.append(z)
-            norms.append(a)
+        norms = torch.stack([z[:, offsets[r] : offsets[r + 1]].square().sum(1) for r in range(len(self.layers))],
+                            dim=1)  # (b, R): a_r(i)
+        for r, layer in enumerate(self.layers):
+            layer.total += z[:, offsets[r] : offsets[r + 1]].sum(0)
+            layer.sq_norms += norms[:, r].sum()
+        for r, first, last, block in self._runs:
+            block.addmm_(z[:, offsets[r] : offsets[r + 1]].T, z[:, offsets[first] : offsets[last + 1]])
+        norms_products = norms.T @ norms  # (R, R): sum_i a_r(i) a_c(i)
+        norms_times_z = norms.T @ z  # (R, D): row r, block c = sum_i a_r(i) z_c,i
         for (r, c), pair in self.pairs.items():
-            pair.add_batch(shifted[r], shifted[c], norms[r], norms[c])
+            pair.norms_product += norms_products[r, c]
+            pair.r_norms_times_c += norms_times_z[r, offsets[c] : offsets[c + 1]]
+            pair.c_norms_times_r += norms_times_z[c, offsets[r] : offsets[r + 1]]
         self.n += x.n
         return self
 
@@ -372,10 +397,13 @@ class StreamingCKA(Accumulator):
         hsic = {}
         for (r, c), pair in self.pairs.items():
             moments = _shift_pair(pair, self.layers[r], self.layers[c], n, means[r], means[c])
-            hsic[r, c] = hsic_from_moments(
-                frobenius_sq(moments.cross), moments.norms_product, centred[r].sq_norms, centred[c].sq_norms,
-                n, self.debiased,
-            )
+            frob = frobenius_sq(moments.cross)
+            if self.debiased:
+                hsic[r, c] = debiased_hsic_from_moments(
+                    frob, moments.norms_product, centred[r].sq_norms, centred[c].sq_norms, n
+                )
+            else:
+                hsic[r, c] = biased_hsic_from_moments(frob, n)
         count, num_feats = len(self.layers), self.num_feats
         rows = range(num_feats)
         cols = range(num_feats, count) if self.has_other else range(num_feats)
@@ -416,6 +444,16 @@ class StreamingCKA(Accumulator):
         layers = [_shift_layer(layer, self.n, delta) for layer, delta in zip(self.layers, deltas)]
         return layers, pairs
 
+    def _assign(self, layers: List[LayerSums], pairs: Dict[Tuple[int, int], PairSums]) -> None:
+        """Replace this accumulator's sums by these, in place (the pairs' cross-products are views)."""
+        for mine, new in zip(self.layers, layers):
+            mine.shift = new.shift
+            for target, value in zip(mine.sums(), new.sums()):
+                target.copy_(value)
+        for key, pair in self.pairs.items():
+            for target, value in zip(pair.sums(), pairs[key].sums()):
+                target.copy_(value)
+
     def _add(self, other: "StreamingCKA") -> None:
         layers, pairs = other._moved_to([layer.shift for layer in self.layers])
         for mine, theirs in zip(self.layers, layers):
@@ -436,7 +474,7 @@ class StreamingCKA(Accumulator):
         total_n = sum(s["n"] for s in signatures)
         origin = [w / total_n for w in weighted]
         if self.n > 0:
-            self.layers, self.pairs = self._moved_to(origin)
+            self._assign(*self._moved_to(origin))
         else:
             for layer, shift in zip(self.layers, origin):
                 layer.shift = shift.clone()
