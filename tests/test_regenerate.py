@@ -301,3 +301,42 @@ with open("metrics.json", "w") as f:  # what a Recorder writes, without importin
     assert [r.status for r in runs] == ["ok", "ok"]
     a, b = (r.metrics["numbers"] for r in runs)
     assert a["start"] < b["end"] and b["start"] < a["end"]  # the two ran at the same time
+
+
+def test_a_notebook_that_could_not_start_keeps_its_last_results(ran, tmp_path):
+    project = _copy(ran, tmp_path)
+    out = project / "results" / "smoke"
+    before = sorted(p.name for p in (out / "01_ok").iterdir())
+    runs = rg.regenerate("smoke", only=["01_ok"], notebooks_dir=project / "notebooks",
+                         results_dir=project / "results", kernel="no-such-kernel", progress=False)
+    assert runs[0].status == "failed" and "No such kernel named no-such-kernel" in runs[0].error
+    assert sorted(p.name for p in (out / "01_ok").iterdir()) == before  # nothing replaced them
+    report = (out / "REPORT.md").read_text()
+    assert "| 01_ok | **FAILED** (nothing was executed; last results from " in report
+    assert "`twice_x`: 6" in report
+
+
+def test_a_killed_runner_leaves_no_notebook_running(ran, tmp_path):
+    project = _copy(ran, tmp_path)
+    out = project / "results" / "smoke"
+    marker = tmp_path / "running"
+    (project / "notebooks" / "profiles" / "smoke.yaml").write_text(f"01_ok:\n  x: 5\n  hold: {str(marker)!r}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "layersim.regenerate", *_args(project, "--only", "01_ok")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.kill()  # SIGKILL: the runner cannot clean up; its papermill child is told by the kernel (Linux)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while _processes_under(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_under(out) == []  # papermill and its kernel are gone
+    assert (out / "01_ok" / "metrics.json").exists() and "twice_x\": 6" in (out / "01_ok" / "metrics.json").read_text()
+    from layersim.storage import clean_leftovers
+    assert [p.name.startswith(".tmp-01_ok-") for p in clean_leftovers(out)] == [True]  # next run's clean-up

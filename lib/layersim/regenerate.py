@@ -169,8 +169,10 @@ def plan(profile: str, notebooks_dir: Path, only: Optional[Sequence[str]] = None
 class NotebookRun:
     """One notebook's results in ``output_dir``: from this invocation (``current``) or an earlier one.
 
-    `status`: ``ok``, ``failed``, ``interrupted`` (stopped by Ctrl-C; `output_dir` keeps the last
-    results, described by `finished` and `metrics`) or ``not run`` (no results yet).
+    `status`: ``ok``, ``failed``, ``interrupted`` (stopped by Ctrl-C) or ``not run`` (no results yet).
+    `kept`: this invocation's attempt left nothing worth keeping (interrupted, or failed before the
+    notebook executed, e.g. no such kernel), so `output_dir`, `finished` and `metrics` describe the
+    last results from before.
     """
     name: str
     status: str
@@ -182,6 +184,7 @@ class NotebookRun:
     finished: str = ""  # ISO time the results in output_dir were made ("" when there are none)
     current: bool = True  # made by this invocation of the runner
     html: bool = False  # output_dir holds the notebook's HTML page
+    kept: bool = False  # output_dir holds the last results from before this invocation's attempt
 
     @property
     def executed(self) -> Path:
@@ -227,6 +230,17 @@ class _Job:
     start: float
 
 
+def _stop_with_parent() -> None:
+    """In the papermill child (Linux): receive SIGINT when the runner dies, whatever kills it, so that
+    papermill shuts its kernel down instead of running on as an orphan."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _start(name: str, params: dict, notebooks_dir: Path, out_root: Path, kernel: str, jobs: int) -> _Job:
     """Start papermill on one notebook, in its own session, into a fresh staging folder."""
     stage = out_root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -244,7 +258,8 @@ def _start(name: str, params: dict, notebooks_dir: Path, out_root: Path, kernel:
     # start_new_session: a Ctrl-C in the terminal reaches the runner only; the runner then stops each
     # notebook itself (SIGINT to papermill, which shuts its kernel down), see _stop.
     proc = subprocess.Popen(cmd, cwd=stage, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
     return _Job(name, params, stage, proc, log, time.perf_counter())
 
 
@@ -292,7 +307,11 @@ def _finish(job: _Job, notebooks_dir: Path, out_root: Path, profile: str) -> Not
     status, error = "ok", ""
     nb = None
     if executed.exists():
-        nb = nbformat.read(str(executed), as_version=4)
+        try:
+            nb = nbformat.read(str(executed), as_version=4)
+        except Exception as e:  # papermill died while writing it
+            status, error = "failed", f"the executed notebook is unreadable ({type(e).__name__}: {e}): {_log_tail(job)}"
+    if nb is not None:
         errors = [(c.get("execution_count"), o) for c in nb.cells if c.cell_type == "code"
                   for o in c.get("outputs", []) if o.get("output_type") == "error"]
         if errors:
@@ -301,6 +320,13 @@ def _finish(job: _Job, notebooks_dir: Path, out_root: Path, profile: str) -> Not
     if job.proc.returncode != 0 and status == "ok":
         status, error = "failed", f"papermill exited with status {job.proc.returncode}: {_log_tail(job)}"
     job.log.close()
+    if nb is not None and not any(c.get("execution_count") for c in nb.cells if c.cell_type == "code"):
+        nb = None  # papermill wrote the notebook with its parameters, but no cell ran
+    if nb is None:  # nothing was executed (no such kernel, papermill died): keep the last results
+        remove_folder(stage)
+        last = last_results(name, out_root)
+        return NotebookRun(name, "failed", seconds, last.output_dir, last.parameters, error, last.metrics,
+                           last.finished, current=True, html=last.html, kept=True)
     metrics = {}
     metrics_path = stage / METRICS_FILE
     if metrics_path.exists():
@@ -413,6 +439,9 @@ def _status_text(r: NotebookRun, markdown: bool = True) -> str:
         kept = f"last results from {_when(r.finished)} kept" if r.finished else "no earlier results"
         return f"{bold('interrupted')} ({kept})"
     text = "ok" if r.status == "ok" else bold("FAILED")
+    if r.kept:
+        kept = f"last results from {_when(r.finished)} kept" if r.finished else "no earlier results"
+        return f"{text} (nothing was executed; {kept})"
     return text if r.current else f"{text} (earlier run, {_when(r.finished)})"
 
 
@@ -458,6 +487,9 @@ def write_report(runs: Sequence[NotebookRun], profile: str, path: Path, *, comma
                 lines.append(f"- **{r.name}** was interrupted (Ctrl-C) before it finished; "
                              + (f"its results from {_when(r.finished)} are kept and reported here."
                                 if r.finished else "it has no earlier results."))
+            elif r.kept:
+                lines.append(f"- **{r.name}**: {r.error}. Nothing was executed"
+                             + (f"; its results from {_when(r.finished)} are kept." if r.finished else "."))
             else:
                 lines.append(f"- **{r.name}**: {r.error}. Executed copy (with the traceback): `{rel(r.executed)}`")
     lines += ["", "## Paper claims as numeric checks", ""]
@@ -466,7 +498,7 @@ def write_report(runs: Sequence[NotebookRun], profile: str, path: Path, *, comma
                   "| check | claim | value | op | threshold | result | notebook |", "|---|---|---|---|---|---|---|"]
         for r, c in checks:
             result = "pass" if c.get("passed") else "**FAIL**"
-            where = r.name if r.current else f"{r.name} ({_when(r.finished)})"
+            where = r.name if r.current and not r.kept else f"{r.name} ({_when(r.finished)})"
             lines.append(f"| {_check_name(c)} | {c.get('claim')} | {_fmt(c.get('value'))} | {c.get('op')} | "
                          f"{_fmt(c.get('threshold'))} | {result} | {where} |")
         lines += ["", "### What each check measures", ""]
@@ -653,7 +685,7 @@ def regenerate(profile: str, *, only: Optional[Sequence[str]] = None, notebooks_
         else:
             last = last_results(name, out_root)
             if name in stopped:
-                last.status, last.current = "interrupted", True
+                last.status, last.current, last.kept = "interrupted", True, True
             report.append(last)
     command = f"python -m layersim.regenerate --profile {profile}" + (f" --only {' '.join(only)}" if only else "")
     write_report(report, profile, out_root / REPORT_FILE, command=command)
@@ -680,6 +712,11 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs must be 1 or more (notebooks run side by side); got {args.jobs}")
     report = Path(args.results_dir or default_results_dir()).resolve() / args.profile / REPORT_FILE
+
+    def terminated(signum, frame):  # `kill <runner>` stops like Ctrl-C: last results kept, report written
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         runs = regenerate(args.profile, only=args.only, notebooks_dir=args.notebooks_dir,
                           results_dir=args.results_dir, kernel=args.kernel, jobs=args.jobs)
