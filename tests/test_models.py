@@ -585,3 +585,26 @@ def test_labels_are_checked_at_the_boundary():
         adapter.targets(hidden, [0, 5, 9, 1])
     with pytest.raises(ValueError, match="one integer label per input"):
         adapter.targets(hidden, [0, 1])
+
+
+@pytest.mark.parametrize("name", ["ours", "timm", "bert", "gpt2"])
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_head_readers_equal_the_readout_and_expose_their_linear_layer(tokenizer, name, final_norm):
+    """head_reader(l) and the exit heads' readers are the same function as readout_vectors(v, layer=l);
+    where the head ends in one linear layer they expose it (for fused losses)."""
+    from layersim.models import ExitHeads, LinearReader
+
+    model, batch = _tiny_models(tokenizer)[name]
+    adapter = adapt(model.eval(), tokenizer, final_norm=final_norm)
+    heads = ExitHeads.for_adapter(adapter)
+    with torch.no_grad():
+        vectors = adapter.pool(adapter.hidden_states(batch), adapter.readout_pooling)
+        for l in range(1, adapter.num_layers + 1):
+            reader = adapter.head_reader(l)
+            assert isinstance(reader, LinearReader) == (name != "bert")
+            assert torch.allclose(reader(vectors[l - 1]), adapter.readout_vectors(vectors[l - 1], layer=l), atol=1e-6)
+            if isinstance(reader, LinearReader):
+                by_parts = torch.nn.functional.linear(reader.pre(vectors[l - 1]), reader.linear.weight,
+                                                      reader.linear.bias)
+                assert torch.allclose(by_parts, reader(vectors[l - 1]), atol=1e-6)
+            assert torch.allclose(heads.readers(adapter)[l - 1](vectors[l - 1]), heads.logits(adapter, vectors)[l - 1])

@@ -40,6 +40,7 @@ that lives inside the `capture_input` context manager.
 """
 from __future__ import annotations
 
+import functools
 import json
 import operator
 from contextlib import contextmanager
@@ -231,6 +232,21 @@ def _check_upto(upto, num_layers: int) -> int:
     return layer_indices(upto, num_layers)[0] + 1
 
 
+class LinearReader:
+    """A classifier of one layer written as ``linear(pre(v))``: callable, (..., d) -> (..., C).
+
+    `pre` (the final norm and whatever the head does before its last linear layer) and `linear` (an
+    ``nn.Linear``) are exposed so that a loss can fuse the linear layer with the cross-entropy and never
+    hold the logits of a large vocabulary (`layersim.fused_ce`).
+    """
+
+    def __init__(self, pre, linear: nn.Linear):
+        self.pre, self.linear = pre, linear
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pre(vectors))
+
+
 class LayerAdapter:
     """Base class: pooling, targets, layer selection, readout in chunks and fingerprints shared by every
     adapter. A subclass provides ``hidden_states``, ``logits``, ``readout_vectors`` and (pre-norm) ``norm``."""
@@ -384,6 +400,27 @@ class LayerAdapter:
         flat = normed.reshape(-1, self.width)
         return self._head(flat).reshape(*vectors.shape[:-1], -1)
 
+    def head_linear(self) -> nn.Linear | None:
+        """The head's last linear layer when the head is ``head_linear(pre(norm(v)))`` (our ViT, timm
+        ViT/DeiT, causal LMs); None when it is not of that form (BERT's pooler + classifier, distilled DeiT)."""
+        return None
+
+    def _pre_linear(self, normed: torch.Tensor) -> torch.Tensor:
+        """What the head does between the final norm and its last linear layer (nothing, by default)."""
+        return normed
+
+    def head_reader(self, layer: int):
+        """The model's own classifier as a reader of 1-based `layer`'s pooled vectors, (..., d) -> (..., C):
+        a `LinearReader` (fusable with the loss) when the head ends in one linear layer, else
+        ``readout_vectors(v, layer=layer)``. Equal to ``readout_vectors(v, layer=layer)`` either way."""
+        self._require_readout()
+        layer = layer_indices(layer, self.num_layers)[0] + 1
+        linear = self.head_linear()
+        if linear is None:
+            return functools.partial(self.readout_vectors, layer=layer)
+        normed = self.final_norm or layer == self.num_layers
+        return LinearReader(lambda v: self._pre_linear(self.norm(v) if normed else v), linear)
+
     def readout_stack(self, vectors: torch.Tensor, layers=None) -> torch.Tensor:
         """(L', n, d) pooled vectors of `layers` (1-based; default all L) -> (L', n, C) readout logits."""
         numbers = [i + 1 for i in layer_indices(layers, self.num_layers)]
@@ -500,6 +537,9 @@ class ViTAdapter(LayerAdapter):
     def _head(self, vectors):
         return self.model.head(vectors)
 
+    def head_linear(self):
+        return self.model.head
+
     def block_modules(self) -> list[nn.Module]:
         return list(self.model.blocks)
 
@@ -568,7 +608,13 @@ class TimmViTAdapter(LayerAdapter):
         if self.distilled:
             raise ValueError(f"{self.name} is a distilled DeiT whose head reads two tokens (class and "
                              "distillation); use readout(hidden), which applies forward_head to the tokens")
-        return self.model.head(self.model.head_drop(self.model.fc_norm(vectors)))
+        return self.model.head(self._pre_linear(vectors))
+
+    def _pre_linear(self, normed):
+        return self.model.head_drop(self.model.fc_norm(normed))
+
+    def head_linear(self):
+        return None if self.distilled or not isinstance(self.model.head, nn.Linear) else self.model.head
 
     def block_modules(self) -> list[nn.Module]:
         return list(self.model.blocks)
@@ -897,6 +943,9 @@ class HFCausalLM(_HFText):
 
     def _head(self, vectors):
         return self.head(vectors)
+
+    def head_linear(self):
+        return self.head if isinstance(self.head, nn.Linear) else None
 
     def readout(self, hidden: Hidden, layers=None) -> torch.Tensor:
         """(L', B, T, V) next-token logits of every selected layer at every position (large: for many

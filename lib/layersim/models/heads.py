@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .adapters import LayerAdapter, layer_indices
+from .adapters import LayerAdapter, LinearReader, layer_indices
 
 
 class ExitHeads(nn.Module):
@@ -71,9 +71,8 @@ class ExitHeads(nn.Module):
         self._check(adapter)
         layer = layer_indices(layer, self.num_layers)[0] + 1
         if layer == self.num_layers:
-            return lambda v: adapter.readout_vectors(v, layer=layer)
-        head = self.heads[layer - 1]
-        return lambda v: head(adapter.norm(v) if adapter.final_norm else v)
+            return adapter.head_reader(layer)
+        return LinearReader(lambda v: adapter.norm(v) if adapter.final_norm else v, self.heads[layer - 1])
 
     def readers(self, adapter: LayerAdapter) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         """The classifiers of layers 1..L, in order."""
