@@ -20,11 +20,12 @@ def _data(n=37, d=8, V=53, seed=0, dtype=torch.float64, bias=True, ignore=True):
 @pytest.mark.parametrize("chunk_rows", [1, 7, 37, 1000])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_equals_the_naive_loss_and_its_gradients(chunk_rows, bias, reduction):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_equals_the_naive_loss_and_its_gradients(chunk_rows, bias, reduction, smoothing):
     h, w, b, t = _data(bias=bias)
-    fused = linear_cross_entropy(h, w, b, t, chunk_rows=chunk_rows, reduction=reduction)
+    fused = linear_cross_entropy(h, w, b, t, chunk_rows=chunk_rows, reduction=reduction, label_smoothing=smoothing)
     grads = torch.autograd.grad(fused * 3.0, [h, w] + ([b] if bias else []))  # a scaled upstream gradient
-    naive = F.cross_entropy(F.linear(h, w, b), t, reduction=reduction)
+    naive = F.cross_entropy(F.linear(h, w, b), t, reduction=reduction, label_smoothing=smoothing)
     expected = torch.autograd.grad(naive * 3.0, [h, w] + ([b] if bias else []))
     assert torch.allclose(fused, naive, atol=1e-12, rtol=1e-10)
     for got, want in zip(grads, expected):

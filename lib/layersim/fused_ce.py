@@ -50,7 +50,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Sum over rows of CE(hidden @ weight.T + bias, targets), with gradients formed chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, ignore_index: int):
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, ignore_index: int, label_smoothing: float):
         need_grad = any(ctx.needs_input_grad[:3])
         dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
         w32 = weight.to(dtype)
@@ -69,11 +69,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe_t = torch.where(valid, t, torch.zeros_like(t))
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, safe_t[:, None])[:, 0]
+            if label_smoothing:  # target distribution (1 - eps) onehot + eps / V
+                picked = (1.0 - label_smoothing) * picked + label_smoothing * logits.mean(-1)
             total += ((lse - picked) * valid).sum()
             if need_grad:
                 # d/dlogits of CE = softmax - onehot(target), zero for ignored rows; reuse the logits' memory
                 grad = logits.sub_(lse[:, None]).exp_()
-                grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0
+                grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
+                if label_smoothing:
+                    grad -= label_smoothing / grad.shape[1]
                 grad *= valid[:, None]
                 if grad_hidden is not None:
                     grad_hidden[start:start + chunk_rows] = grad @ w32
@@ -93,23 +97,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out = []
         for has, grad, dtype in zip(ctx.has, saved, ctx.dtypes):
             out.append((grad * grad_output).to(dtype) if has else None)
-        return out[0], out[1], out[2], None, None, None
+        return out[0], out[1], out[2], None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          targets: torch.Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                         ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+                         ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
+                         label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T + bias`` against `targets`, without materialising the logits.
 
     hidden (N, d), weight (V, d), bias (V,) or None, targets (N,) -> a scalar: the mean over rows whose
     target is not `ignore_index` (reduction="mean"), or their sum ("sum"). Equal to
-    ``F.cross_entropy(F.linear(hidden, weight, bias), targets)`` (values and gradients) up to float
-    rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time, plus the weight's gradient.
+    ``F.cross_entropy(F.linear(hidden, weight, bias), targets, label_smoothing=...)`` (values and gradients)
+    up to float rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time, plus the weight's gradient.
     """
     _check(hidden, weight, bias, targets, chunk_rows, ignore_index)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index, float(label_smoothing))
     if reduction == "sum":
         return total
     count = (targets != ignore_index).sum()
