@@ -12,7 +12,8 @@ Two ways to measure "elastic inference" (one model, any depth budget):
 
 Parameter savings of one shared classifier against L: `parameter_savings`, `savings_table`.
 
->>> from layersim.early_exit import sweep_policies, pareto_front, count_flops, early_exit, ConfidenceExit
+>>> from layersim.early_exit import (per_layer_logits, sweep_policies, pareto_front, count_flops,
+...                                  early_exit, ConfidenceExit)
 >>> logits = per_layer_logits(vit, images)                     # (L, n, C), shared head
 >>> flops = count_flops(vit, images[:64])
 >>> table = sweep_policies(logits, labels, flops=flops)        # accuracy vs expected depth / FLOPs
