@@ -608,3 +608,14 @@ def test_head_readers_equal_the_readout_and_expose_their_linear_layer(tokenizer,
                                                       reader.linear.bias)
                 assert torch.allclose(by_parts, reader(vectors[l - 1]), atol=1e-6)
             assert torch.allclose(heads.readers(adapter)[l - 1](vectors[l - 1]), heads.logits(adapter, vectors)[l - 1])
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_a_first_truncated_call_does_not_break_later_full_ones(tokenizer, name):
+    """transformers installs its hidden-state hooks on the first call, on the blocks present then."""
+    model, batch = _tiny_models(tokenizer)[name]
+    adapter = adapt(model.eval(), tokenizer)
+    with torch.no_grad():
+        part = adapter.hidden_states(batch, upto=2)
+        full = adapter.hidden_states(batch)
+    assert full.states.shape[0] == 3 and torch.allclose(part.states, full.states[:2], atol=1e-6)

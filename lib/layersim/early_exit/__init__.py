@@ -30,7 +30,7 @@ from .inference import early_exit, exit_at_layer, generate_at_layer, layer_reade
 from .params import AUTHORS_SAVINGS, NOMINAL_SIZES, ParameterSavings, parameter_savings, savings_table
 from .policies import (POLICIES, ConfidenceExit, EntropyExit, ExitPolicy, ExitResult, FixedExit, PatienceExit,
                        choose_by_accuracy_drop, make_policy, pareto_front, simulate, sweep, sweep_policies)
-from layersim.models.adapters import BlockState
+from ..models import BlockState
 
 __all__ = ["Calibration", "LayerSummaries", "Overthinking", "SaturationStats", "as_summaries", "calibration",
            "final_prediction_prob", "layerwise_accuracy", "minimal_depth", "overthinking", "saturation",

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .adapters import (AUTHORS_GPT2, POOLINGS, HFCausalLM, HFEncoder, Hidden, LayerAdapter, LinearReader,
+from .adapters import (AUTHORS_GPT2, POOLINGS, BlockState, HFCausalLM, HFEncoder, Hidden, LayerAdapter, LinearReader,
                        TimmViTAdapter, ViTAdapter, adapt, capture_input, eval_mode, is_encoder_type, layer_indices,
                        truncated_blocks)
 from .heads import ExitHeads
 from .vit import ViTConfig, VisionTransformer, state_dict_from_timm, state_dict_to_timm, timm_kwargs
 
 __all__ = ["load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS", "POOLINGS", "Hidden",
-           "ExitHeads", "LinearReader", "AUTHORS_GPT2", "truncated_blocks",
+           "ExitHeads", "LinearReader", "AUTHORS_GPT2", "truncated_blocks", "BlockState",
            "LayerAdapter", "ViTAdapter", "TimmViTAdapter", "HFEncoder", "HFCausalLM", "VisionTransformer",
            "ViTConfig", "capture_input", "eval_mode", "layer_indices", "state_dict_from_timm",
            "state_dict_to_timm", "timm_kwargs"]

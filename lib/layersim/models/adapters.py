@@ -34,9 +34,10 @@ state (normed) as the layer-L feature for COS: ``layersim.extract.extract(..., f
 ``AUTHORS_GPT2`` names that whole convention. Post-norm encoders (BERT family) end every block with a
 LayerNorm and have no final norm; their head is the pooler + classifier on the [CLS] token.
 
-Hooks are used in one place only: Hugging Face returns the last hidden state of a decoder *after* the
-final norm, so the raw output of block L is read from the input of the final norm by a forward pre-hook
-that lives inside the `capture_input` context manager.
+Hooks are used in two places, each inside a context manager that removes them: Hugging Face returns the
+last hidden state of a decoder *after* the final norm, so the raw output of block L is read from the
+input of the final norm (`capture_input`); and the block-by-block stepping of a Hugging Face encoder
+(``begin``) records the inputs of its first block, the same way.
 """
 from __future__ import annotations
 
@@ -208,6 +209,17 @@ def _find_layer_list(base: nn.Module):
     return None
 
 
+def _install_output_hooks(base: nn.Module) -> None:
+    """Recent transformers record hidden states with hooks installed on the first call that asks for them,
+    on the blocks present at that moment: install them on all blocks now, so that a first call on a cut
+    list does not leave the later blocks without them."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # versions that collect hidden states in the forward loop need nothing
+        return
+    maybe_install_capturing_hooks(base)
+
+
 @contextmanager
 def truncated_blocks(base: nn.Module, upto: int | None) -> Iterator[bool]:
     """Inside the block the model's list of blocks holds only blocks 1..upto, so its own forward stops
@@ -218,6 +230,7 @@ def truncated_blocks(base: nn.Module, upto: int | None) -> Iterator[bool]:
         yield False
         return
     owner, attribute = found
+    _install_output_hooks(base)  # on every block, before the list is cut (transformers installs them once)
     full = getattr(owner, attribute)
     setattr(owner, attribute, nn.ModuleList(list(full)[:upto]))
     try:
