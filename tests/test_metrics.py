@@ -843,3 +843,19 @@ def test_an_accumulator_merged_into_an_empty_one_keeps_accumulating():
         merged = StreamingCKA().merge(first).update(feats[:, 30:], take(slice(30, 90)))
         assert (merged.compute() - cka(feats, second)).abs().max() < 1e-12
         assert (first.compute() - cka(feats[:, :30], take(slice(0, 30)))).abs().max() < 1e-12
+
+
+def test_degenerate_debiased_self_hsic_is_an_error():
+    # Found by the Hypothesis suite (long profile): with n = 4 and three equal samples the unbiased
+    # self-HSIC is exactly 0, and rounding decided whether CKA came out 0 or 1 (for integer input
+    # and the same data as float64 divided by 3).
+    x = torch.tensor([[[-2], [-2], [-2], [-3]], [[0], [0], [0], [-1]]])
+    for data in (x, x.double() / 3, x.float()):
+        with pytest.raises(ValueError, match="feats layer 1: its debiased .*self-HSIC is zero"):
+            cka(data, debiased=True)
+    with pytest.raises(ValueError, match="feats layer 1: its debiased .*self-HSIC is zero"):
+        StreamingCKA(debiased=True).update(x).compute()
+    with pytest.raises(ValueError, match="other layer 2: its debiased .*self-HSIC is zero"):
+        good_layers = layered_features(num_layers=2, n=4, d=2, seed=35)
+        cka(good_layers, [good_layers[1], x[0]], debiased=True)
+    assert torch.equal(cka(x)[0, 1], torch.tensor(1.0, dtype=torch.float64))  # biased: defined (shifted copies)

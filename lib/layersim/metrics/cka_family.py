@@ -317,12 +317,14 @@ def check_kernel(kernel: str, threshold: float) -> str:
     return kernel
 
 
-def hsic_parts(feats, other, kernel, debiased, threshold, form, *, check_constant=True, true_scale=True):
+def hsic_parts(feats, other, kernel, debiased, threshold, form, *, check_constant=True, true_scale=True,
+               check_degenerate=False):
     """(hsic_xy (L, L'), hsic_xx (L,), hsic_yy (L',)) float64 of validated input.
 
     The layers are first brought to a safe magnitude by powers of two (:meth:`Stack.well_scaled`);
     ``true_scale=True`` undoes that in the result (the linear kernel's HSIC is homogeneous of degree 2
     in each layer; the RBF kernel's does not depend on scale), ``False`` leaves it (CKA is invariant).
+    ``check_degenerate``: ValueError for a layer whose debiased self-HSIC is zero to rounding.
     """
     kernel = check_kernel(kernel, threshold)
     x, y = pair_stacks(feats, other)
@@ -347,9 +349,45 @@ def hsic_parts(feats, other, kernel, debiased, threshold, form, *, check_constan
         parts = _gram_space_hsic(x, y, kernel, debiased, threshold)
     if y is None:  # a stack with itself: exactly symmetric (matrix products need not round alike)
         parts = ((parts[0] + parts[0].T) / 2, parts[1], parts[2])
+    if debiased and check_degenerate:
+        for stack, self_hsic in ((x, parts[1]), (y, parts[2])):
+            if stack is not None:
+                names = [f"{stack.name} layer {i + 1}" for i in range(len(stack))]
+                check_debiased_self_hsic(self_hsic, _self_hsic_scale(stack, kernel), names,
+                                         _DEGENERATE_RTOL[stack.dtype if form == "feature" else torch.float64])
     if not true_scale or kernel == "rbf":
         return parts
     return _undo_scales(parts, x, x if y is None else y)
+
+
+# A debiased self-HSIC below this fraction of the size of its terms is zero up to rounding.
+_DEGENERATE_RTOL = {torch.float32: 1e-6, torch.float64: 1e-10}
+
+
+def _self_hsic_scale(stack: Stack, kernel: str) -> torch.Tensor:
+    """(L,) float64 bound on the terms of each layer's debiased self-HSIC, which cancel to give it:
+    linear kernel (sum_i ||x_i - mean||^2)^2 / (n (n-3)), RBF (kernel values <= 1) n / (n-3)."""
+    n = stack.n
+    if kernel == "rbf":
+        return torch.full((len(stack),), n / (n - 3), dtype=torch.float64)
+    sums = []
+    for layer, mean in zip(stack.layers, stack.means):
+        centred_layer = subtract_mean(layer, mean, torch.empty(layer.shape, dtype=torch.float64, device=layer.device))
+        sums.append(centred_layer.square().sum())
+    return torch.stack(sums).cpu() ** 2 / (n * (n - 3))
+
+
+def check_debiased_self_hsic(self_hsic: torch.Tensor, scale: torch.Tensor, names: List[str], rtol: float) -> None:
+    """ValueError naming the first layer (``names``: "feats layer 1", ...) whose debiased self-HSIC is
+    not above ``rtol * scale``: the unbiased estimator has degenerated (zero up to rounding), so its
+    CKA would be rounding noise."""
+    for name, value, bound in zip(names, self_hsic.tolist(), scale.tolist()):
+        if not value > rtol * bound:
+            raise ValueError(
+                f"{name}: its debiased (unbiased) self-HSIC is zero up to rounding ({value:.3g}), "
+                "so debiased CKA is undefined for it (the estimator degenerates when few samples differ, "
+                "e.g. n=4 with three equal); use more samples or debiased=False"
+            )
 
 
 def _undo_scales(parts, x: Stack, y: Stack):
@@ -406,9 +444,10 @@ def cka(
 
     Larger means more similar: biased CKA lies in [0, 1], debiased in [-1, 1]; the diagonal of
     ``cka(feats)`` is 1. Invariant to orthogonal transforms and isotropic scaling of either layer (not
-    to general linear maps). Raises ValueError for a constant layer (its CKA is undefined).
+    to general linear maps). Raises ValueError for a constant layer (its CKA is undefined), and with
+    ``debiased=True`` for a layer whose unbiased self-HSIC degenerates to zero (few distinct samples).
     """
-    parts = hsic_parts(feats, other, kernel, debiased, threshold, form, true_scale=False)
+    parts = hsic_parts(feats, other, kernel, debiased, threshold, form, true_scale=False, check_degenerate=True)
     result = normalise(*parts, debiased)
     if other is None:  # exactly 1, not 1 +- rounding, where the layer's self-HSIC is positive
         result.diagonal()[parts[1] > 0] = 1.0

@@ -19,7 +19,8 @@ import torch
 
 from ._reduce import Accumulator, all_reduce_sum, empty_device
 from ._stack import Stack, as_stack, check_finite_vector, check_min_samples, pair_stacks, to_tensor
-from .cka_family import biased_hsic_from_moments, debiased_hsic_from_moments, frobenius_sq, normalise
+from .cka_family import (biased_hsic_from_moments, check_debiased_self_hsic, debiased_hsic_from_moments,
+                          frobenius_sq, normalise)
 from .cos import _COS_EXPONENT, cos_sums, cos_width, resolve_means
 
 __all__ = ["StreamingMean", "StreamingCOS", "StreamingCKA"]
@@ -405,6 +406,10 @@ class StreamingCKA(Accumulator):
             else:
                 hsic[r, c] = biased_hsic_from_moments(frob, n)
         count, num_feats = len(self.layers), self.num_feats
+        if self.debiased:
+            for r in range(count):
+                scale = centred[r].sq_norms.reshape(1).cpu() ** 2 / (n * (n - 3))
+                check_debiased_self_hsic(hsic[r, r].reshape(1), scale, [self._names[r]], 1e-10)
         rows = range(num_feats)
         cols = range(num_feats, count) if self.has_other else range(num_feats)
         device = self.layers[0].total.device
