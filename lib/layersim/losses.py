@@ -139,15 +139,35 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
     return (weights.to(per_layer) * per_layer).sum()
 
 
+# above this many logits (layers x samples x classes) a reader that ends in one linear layer is fused with
+# the cross-entropy (layersim.fused_ce): a language model's vocabulary never materialises (L, tokens, V)
+FUSE_ABOVE_ELEMENTS = 2 ** 22
+
+
 def readout_layer_losses(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, *,
-                         label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
+                         label_smoothing: float = 0.0, ignore_index: int = -100,
+                         fused: bool | None = None) -> torch.Tensor:
     """(L', n, d) vectors read by one `reader` (..., d) -> (..., C) -> (L',) per-layer cross-entropy.
 
-    This is the one place where logits are formed: a memory-efficient chunked linear + cross-entropy for
-    large vocabularies (causal LMs) replaces this function, keeping its signature.
+    This is the one place where logits are formed. When the reader is a `layersim.models.LinearReader`
+    (``linear(pre(v))``: our ViT, timm, causal LMs) and the logits would be large (`FUSE_ABOVE_ELEMENTS`;
+    or ``fused=True``), each layer's loss is a fused, chunked linear + cross-entropy
+    (`layersim.fused_ce.linear_cross_entropy`): peak memory holds one chunk of logits, not L' x n x C.
+    Both paths give the same values and gradients up to float rounding.
     """
-    return layer_cross_entropy(reader(vectors), targets, label_smoothing=label_smoothing,
-                               ignore_index=ignore_index)
+    linear = getattr(reader, "linear", None)
+    if fused is None:
+        fused = linear is not None and vectors.shape[0] * vectors.shape[1] * linear.out_features > FUSE_ABOVE_ELEMENTS
+    if not fused:
+        return layer_cross_entropy(reader(vectors), targets, label_smoothing=label_smoothing,
+                                   ignore_index=ignore_index)
+    if linear is None:
+        raise ValueError("fused=True needs a reader that ends in one linear layer (layersim.models.LinearReader)")
+    from .fused_ce import linear_cross_entropy
+
+    return torch.stack([linear_cross_entropy(reader.pre(v), linear.weight, linear.bias, targets,
+                                             ignore_index=ignore_index, label_smoothing=label_smoothing)
+                        for v in vectors])
 
 
 def readout_cross_entropy(vectors: torch.Tensor, readers: Union[Reader, Sequence[Reader]], targets: torch.Tensor,
@@ -212,8 +232,12 @@ class LayerwiseObjective(nn.Module):
         return self.weights.numel()
 
     def readers(self, adapter) -> list:
-        """The model's own last-layer classifier for each layer 1..L (``adapter.readout_vectors(v, layer=l)``)."""
-        return [functools.partial(adapter.readout_vectors, layer=l) for l in range(1, self.num_layers + 1)]
+        """The model's own last-layer classifier for each layer 1..L (``adapter.head_reader(l)``, equal to
+        ``adapter.readout_vectors(v, layer=l)``; a LinearReader, fusable with the loss, where it can be)."""
+        head_reader = getattr(adapter, "head_reader", None)
+        if head_reader is None:  # a user's own adapter with only readout_vectors
+            return [functools.partial(adapter.readout_vectors, layer=l) for l in range(1, self.num_layers + 1)]
+        return [head_reader(l) for l in range(1, self.num_layers + 1)]
 
     def forward(self, adapter, hidden, labels) -> LayerLoss:
         if adapter.num_layers != self.num_layers:
