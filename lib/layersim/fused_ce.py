@@ -1,6 +1,7 @@
 """A linear layer fused with cross-entropy, computed in chunks of rows, so that a large vocabulary never
 materialises the full (tokens, V) logits (in the spirit of Liger-Kernel's and Cut Cross-Entropy's fused
-linear cross-entropy, in plain PyTorch).
+linear cross-entropy, in plain PyTorch: the forward keeps only the loss, the backward recomputes each
+chunk's logits).
 
 The aligned loss of a language model applies the LM head to every layer: done naively it holds
 (L, tokens, V) logits and their gradients -- gigabytes at GPT-2's shape (12 x 1,024 x 50,257 floats is
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK_ROWS = 1024
+# rows per chunk: about this many logits at once (64 MB of float32), whatever the vocabulary
+CHUNK_ELEMENTS = 2 ** 24
 IGNORE_INDEX = -100
 
 
@@ -46,62 +48,74 @@ def _check(hidden, weight, bias, targets, chunk_rows, ignore_index):
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
 
 
+def _chunk_terms(h, t, w, b, ignore_index: int, label_smoothing: float):
+    """One chunk: logits (rows, V), log-sum-exp, validity mask, safe targets, and the per-row losses."""
+    logits = h @ w.T
+    if b is not None:
+        logits += b
+    valid = t != ignore_index
+    safe_t = torch.where(valid, t, torch.zeros_like(t))
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, safe_t[:, None])[:, 0]
+    if label_smoothing:  # target distribution (1 - eps) onehot + eps / V
+        picked = (1.0 - label_smoothing) * picked + label_smoothing * logits.mean(-1)
+    return logits, lse, valid, safe_t, (lse - picked) * valid
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum over rows of CE(hidden @ weight.T + bias, targets), with gradients formed chunk by chunk."""
+    """Sum over rows of CE(hidden @ weight.T + bias, targets).
+
+    Forward keeps only the loss; backward recomputes each chunk's logits and forms the chunk's gradients
+    (as Cut Cross-Entropy does): what is saved between the two is the inputs themselves, so calling it for
+    L layers with one shared weight never holds L weight-sized gradients or L x tokens x V logits.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, ignore_index: int, label_smoothing: float):
-        need_grad = any(ctx.needs_input_grad[:3])
         dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
-        w32 = weight.to(dtype)
-        b32 = bias.to(dtype) if bias is not None else None
+        w, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
         total = torch.zeros((), dtype=dtype, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden, dtype=dtype) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(w32) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros_like(b32) if (bias is not None and ctx.needs_input_grad[2]) else None
         for start in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[start:start + chunk_rows].to(dtype)
-            t = targets[start:start + chunk_rows]
-            logits = h @ w32.T
-            if b32 is not None:
-                logits += b32
-            valid = t != ignore_index
-            safe_t = torch.where(valid, t, torch.zeros_like(t))
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, safe_t[:, None])[:, 0]
-            if label_smoothing:  # target distribution (1 - eps) onehot + eps / V
-                picked = (1.0 - label_smoothing) * picked + label_smoothing * logits.mean(-1)
-            total += ((lse - picked) * valid).sum()
-            if need_grad:
-                # d/dlogits of CE = softmax - onehot(target), zero for ignored rows; reuse the logits' memory
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
-                if label_smoothing:
-                    grad -= label_smoothing / grad.shape[1]
-                grad *= valid[:, None]
-                if grad_hidden is not None:
-                    grad_hidden[start:start + chunk_rows] = grad @ w32
-                if grad_weight is not None:
-                    grad_weight.addmm_(grad.T, h)
-                if grad_bias is not None:
-                    grad_bias += grad.sum(0)
-            del logits
-        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias)))
-        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
-        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+            rows = slice(start, start + chunk_rows)
+            total += _chunk_terms(hidden[rows].to(dtype), targets[rows], w, b, ignore_index, label_smoothing)[4].sum()
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets)
+        ctx.has_bias, ctx.settings = bias is not None, (chunk_rows, ignore_index, label_smoothing, dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        out = []
-        for has, grad, dtype in zip(ctx.has, saved, ctx.dtypes):
-            out.append((grad * grad_output).to(dtype) if has else None)
-        return out[0], out[1], out[2], None, None, None, None
+        hidden, weight, bias, targets = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        chunk_rows, ignore_index, label_smoothing, dtype = ctx.settings
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        w, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+        scale = grad_output.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        grad_weight = torch.zeros_like(w) if need_w else None
+        grad_bias = torch.zeros_like(b) if (need_b and b is not None) else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            h = hidden[rows].to(dtype)
+            logits, lse, valid, safe_t, _ = _chunk_terms(h, targets[rows], w, b, ignore_index, label_smoothing)
+            # d loss / d logits = softmax - target distribution, zero for ignored rows (in the logits' memory)
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
+            if label_smoothing:
+                grad -= label_smoothing / grad.shape[1]
+            grad *= valid[:, None] * scale
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.T, h)
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+            del logits, grad
+        return (grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None,
+                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         targets: torch.Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                         targets: torch.Tensor, *, chunk_rows: int | None = None,
                          ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
                          label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T + bias`` against `targets`, without materialising the logits.
@@ -109,8 +123,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     hidden (N, d), weight (V, d), bias (V,) or None, targets (N,) -> a scalar: the mean over rows whose
     target is not `ignore_index` (reduction="mean"), or their sum ("sum"). Equal to
     ``F.cross_entropy(F.linear(hidden, weight, bias), targets, label_smoothing=...)`` (values and gradients)
-    up to float rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time, plus the weight's gradient.
+    up to float rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time (default: about
+    `CHUNK_ELEMENTS` logits), plus the weight's gradient during backward. The backward recomputes the
+    logits (4 N d V multiply-adds in all, against 3 N d V for the naive loss).
     """
+    if chunk_rows is None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        chunk_rows = max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
     _check(hidden, weight, bias, targets, chunk_rows, ignore_index)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
