@@ -390,25 +390,28 @@ def hostile(draw):
     return x
 
 
+def as_float64_layers(x):
+    """The layers of a valid stack (tensor, array, or sequence of either) as float64 tensors."""
+    def convert(layer):
+        return layer.to(torch.float64) if isinstance(layer, torch.Tensor) else torch.as_tensor(np.asarray(layer), dtype=torch.float64)
+
+    if isinstance(x, (list, tuple)):
+        return [convert(layer) for layer in x]
+    return list(convert(x))
+
+
 def well_scaled(x):
     """(L, n, d) float64 copy of a valid stack, each layer divided by its largest |value|."""
-    if isinstance(x, (list, tuple)):
-        layers = [torch.as_tensor(np.asarray(layer)) for layer in x]
-    else:
-        layers = list(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x))
-    layers = [layer.to(torch.float64) for layer in layers]
+    layers = as_float64_layers(x)
     return [layer / layer.abs().max() if bool(layer.abs().max() > 0) else layer for layer in layers]
 
 
 def same_scale(x):
     """(L, n, d) float64 copy of a valid stack, all layers divided by one power of two."""
-    if isinstance(x, (list, tuple)):
-        layers = [torch.as_tensor(np.asarray(layer)).to(torch.float64) for layer in x]
-    else:
-        layers = list(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float64))
+    layers = as_float64_layers(x)
     top = max(float(layer.abs().max()) for layer in layers)
-    factor = 2.0 ** -math.frexp(top)[1] if top > 0 else 1.0
-    return [layer * factor for layer in layers]
+    power = -math.frexp(top)[1] if top > 0 else 0
+    return [layer * 2.0 ** (power // 2) * 2.0 ** (power - power // 2) for layer in layers]
 
 
 ACCEPTED = (ValueError, TypeError)
