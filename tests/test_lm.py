@@ -67,3 +67,28 @@ def test_fused_path_is_taken_for_a_vocabulary(monkeypatch):
     adapter = adapt(_tiny_lm("gpt2"))
     out = losses.make_objective("aligned", adapter)(adapter, adapter.hidden_states(_batch()), None)
     assert len(calls) == 3 and torch.isfinite(out.loss)
+
+
+# ---- per-layer next-token report ------------------------------------------------------------------------
+def test_next_token_report_against_a_hand_computation():
+    from layersim.extract import extract
+    from layersim.lm import next_token_report, token_batches
+
+    model = _tiny_lm("llama").float()
+    adapter = adapt(model)
+    ids = torch.randint(0, V, (4, 9), generator=torch.Generator().manual_seed(3))
+    out = extract(adapter, token_batches(ids, 3), pooling="tokens", progress=False)
+    report = next_token_report(out)
+    with torch.no_grad():
+        logits = model(input_ids=ids, output_hidden_states=True)
+        hidden = adapter.hidden_states({"input_ids": ids})
+        per_layer = adapter.readout(hidden)[:, :, :-1]  # (L, B, T-1, V): positions with a next token
+    targets = ids[:, 1:]
+    for l in range(3):
+        logp = per_layer[l].log_softmax(-1)
+        acc = (logp.argmax(-1) == targets).double().mean()
+        ppl = torch.exp(-logp.gather(-1, targets[..., None]).mean())
+        assert abs(float(report.accuracy[l]) - float(acc)) < 1e-6
+        assert abs(float(report.perplexity[l]) - float(ppl)) < 1e-3 * float(ppl)
+    assert report.num_tokens == 4 * 8 and report.saturation.histogram.sum() == 32
+    assert torch.equal(out.preds[-1], logits.logits[:, :-1].argmax(-1).reshape(-1))
