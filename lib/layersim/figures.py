@@ -11,10 +11,12 @@ training recipe, read out at every layer on the recipe's test split. This module
 >>> reads["multi_exit"].exit_logits.shape                          # (L, n, C): each layer's own head
 
 and the few analyses the notebooks need that are not metrics of their own: the 2-D PCA of the class means
-at every layer (Figure 1, `class_mean_pca`), per-layer values averaged over groups of samples (COS to the
-last layer by saturation layer, `mean_by_group`), the per-exit accuracy table (`exit_accuracy_table`), the
-measured time of exiting at each layer (`time_fixed_exits`) and the layers to show when there are many
-(`pick_layers`); `plot_class_means` draws one PCA panel.
+at every layer (Figure 1, `class_mean_pca`; `plot_class_means` draws one panel, `pick_layers` chooses the
+layers to show when there are many), per-layer values averaged over groups of samples (COS to the last
+layer by saturation layer, `mean_by_group`), a rank correlation that is NaN rather than a warning where
+none exists (`spearman`), the per-exit accuracy table (`exit_accuracy_table`), and measured time: exiting
+the whole batch at each layer (`time_fixed_exits`), real per-sample early exit against the plain forward
+(`measure_early_exit`, `plain_forward`).
 
 Shapes: features (L, n, d) and logits (L, n, C) are stacked layer-first; layers are numbered 1..L in
 everything a reader sees (tables, plots, group numbers).
