@@ -383,7 +383,7 @@ class OutlierSweep:
 
     @property
     def ratio(self) -> torch.Tensor:
-        """(S,) cka_change / cos_change (inf where COS did not move at all)."""
+        """(S,) cka_change / cos_change (inf where only CKA moved, nan where neither did, e.g. size 0)."""
         return self.cka_change / self.cos_change
 
 
