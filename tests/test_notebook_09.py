@@ -1,15 +1,11 @@
 """Notebook 09 (a language model read out at every layer) in the smoke profile: the numbers it records."""
 import pytest
 
-from layersim import regenerate as rg
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    runs = rg.regenerate("smoke", notebooks_dir=rg.default_notebooks_dir(), results_dir=out,
-                         only=["09_language_model"], progress=False)
-    return {r.name: r for r in runs}["09_language_model"]
+def run(smoke_profile_runs):
+    return smoke_profile_runs[0]["09_language_model"]  # the smoke profile, run once per session (conftest.py)
 
 
 @pytest.mark.slow

@@ -32,10 +32,8 @@ def test_every_profile_matches_the_notebooks(profile):
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    runs = rg.regenerate("smoke", notebooks_dir=NOTEBOOKS, results_dir=out, progress=False)
-    return {r.name: r for r in runs}, out
+def smoke_runs(smoke_profile_runs):
+    return smoke_profile_runs  # the whole smoke profile, run once per session (conftest.py)
 
 
 NAMES = rg.list_notebooks(NOTEBOOKS)

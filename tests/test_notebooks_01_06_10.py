@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from layersim import regenerate as rg
 
 NAMES = ["01_teaser", "06_saturation", "07_aligned_accuracy", "08_multi_exit_table", "10_early_exit"]
 RECIPES = ["vit-fashion-mnist", "minilm-reviews"]
@@ -22,12 +21,8 @@ CLASSES = {"vit-fashion-mnist": 10, "minilm-reviews": 2}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread each is fastest on a loaded machine
-        done = rg.regenerate("smoke", only=NAMES, results_dir=out, progress=False)
-    result = {r.name: r for r in done}
+def runs(smoke_profile_runs):
+    result = smoke_profile_runs[0]  # the smoke profile, run once per session (conftest.py)
     for name in NAMES:
         assert result[name].status == "ok", f"{name}: {result[name].error}"
     return result

@@ -2,17 +2,13 @@
 the batch runner; the numbers they record are checked against what the claims say and what was measured."""
 import pytest
 
-from layersim import regenerate as rg
 
 MINE = ["03_similarity_vs_distance", "04_cka_outliers", "05_geodesic"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    done = rg.regenerate("smoke", only=MINE, notebooks_dir=rg.default_notebooks_dir(), results_dir=out,
-                         progress=False)
-    return {r.name: r for r in done}
+def runs(smoke_profile_runs):
+    return smoke_profile_runs[0]  # the smoke profile, run once per session (conftest.py)
 
 
 def _ok(runs, name):

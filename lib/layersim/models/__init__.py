@@ -12,6 +12,7 @@ last-layer classifier (see `layersim.models.adapters`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -125,9 +126,34 @@ def _gguf_from_pretrained(path: Path):
     """A causal LM stored as one GGUF file (dequantized to float32 by transformers)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _gguf_progress():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_progress():
+    """transformers' GGUF reader shows a tqdm.auto bar that ignores TQDM_DISABLE in a notebook (a widget in
+    every executed notebook): outside layersim's live progress mode, give it a disabled bar instead."""
+    from .. import progress
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None or progress.mode() == "live":
+        yield
+        return
+    from tqdm.std import tqdm as plain_tqdm
+
+    gguf_utils.tqdm = lambda *args, **kwargs: plain_tqdm(*args, **{**kwargs, "disable": True})
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _load_local(path: Path, *, num_labels, final_norm, **text_kwargs) -> LayerAdapter:
