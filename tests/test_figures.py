@@ -304,3 +304,11 @@ def test_only_the_load_report_is_dropped_and_only_inside_the_block(caplog):
         hf.warning("BertForSequenceClassification LOAD REPORT again")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["something else", "BertForSequenceClassification LOAD REPORT again"]
+
+
+def test_recipe_names():
+    assert figures.recipe_names(["vit-fashion-mnist", "minilm-reviews"]) == ["vit-fashion-mnist", "minilm-reviews"]
+    assert figures.recipe_names("vit-fashion-mnist") == ["vit-fashion-mnist"]
+    for bad in ([], [3], None, [""]):
+        with pytest.raises(ValueError, match="recipes must be a non-empty list of training recipe names"):
+            figures.recipe_names(bad)

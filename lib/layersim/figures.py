@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["OBJECTIVES", "OBJECTIVE_LABELS", "train_models", "RunReadout", "run_readout", "run_inputs",
+__all__ = ["OBJECTIVES", "OBJECTIVE_LABELS", "train_models", "recipe_names", "RunReadout", "run_readout", "run_inputs",
            "ClassMeanPCA", "class_mean_pca", "mean_by_group", "exit_accuracy_table", "pick_layers",
            "spearman", "time_fixed_exits", "plain_forward", "measure_early_exit", "plot_class_means"]
 
@@ -106,6 +106,17 @@ def train_models(recipe: str, objectives: Sequence[str] = OBJECTIVES, *, overrid
             run.heads.to(device).eval()
         runs[objective] = run
     return runs
+
+
+def recipe_names(recipes) -> list:
+    """A notebook's `recipes` parameter as a list of recipe names: a list (or tuple) of strings as it is, a
+    single string (``papermill -p recipes vit-fashion-mnist``) as a list of one."""
+    if isinstance(recipes, str):
+        return [recipes]
+    if not isinstance(recipes, (list, tuple)) or not recipes or not all(isinstance(r, str) and r for r in recipes):
+        raise ValueError(f"recipes must be a non-empty list of training recipe names (e.g. ['vit-fashion-mnist', "
+                         f"'minilm-reviews']; with papermill: -y 'recipes: [vit-fashion-mnist]'); got {recipes!r}")
+    return list(recipes)
 
 
 @dataclass
@@ -334,7 +345,7 @@ def plot_class_means(ax, pca: ClassMeanPCA, layer: int, *, samples=None, sample_
     if samples is not None:
         points = pca.transform(samples)[layer - 1].numpy()
         sample_labels = _labels(sample_labels, points.shape[0]).numpy()
-        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.15, c=[colours[c % C] for c in sample_labels],
+        ax.scatter(points[:, 0], points[:, 1], s=5, alpha=0.3, c=[colours[c % C] for c in sample_labels],
                    linewidths=0, rasterized=True)
     means = pca.means[layer - 1].numpy()
     for c in range(C):
