@@ -619,3 +619,30 @@ def test_a_first_truncated_call_does_not_break_later_full_ones(tokenizer, name):
         part = adapter.hidden_states(batch, upto=2)
         full = adapter.hidden_states(batch)
     assert full.states.shape[0] == 3 and torch.allclose(part.states, full.states[:2], atol=1e-6)
+
+
+# ---- a text encoder read by mean pooling (sentence encoders such as MiniLM-L6) -----------------------------
+def test_encoder_head_can_read_mean_pooled_tokens(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(tiny_text_config("bert", len(tokenizer))).eval()
+    folder = save_hf(model, tokenizer, tmp_path / "bert")
+    cls_reader = load_model(folder)
+    mean_reader = load_model(folder, readout_pooling="mean")
+    texts = ["a fine film", "dull and far too long, with padding to spare"]
+    with torch.no_grad():
+        hidden = mean_reader.hidden_states(texts)
+        mask = hidden.mask[None, :, :, None].float()
+        by_hand = (hidden.states * mask).sum(2) / mask.sum(2)          # (L, B, d) mean of the real tokens
+        pooler, classifier = mean_reader.model.bert.pooler.dense, mean_reader.model.classifier
+        expected = classifier(torch.tanh(pooler(by_hand)))
+        assert torch.allclose(mean_reader.readout(hidden), expected, atol=1e-5)
+        assert torch.allclose(mean_reader.logits(texts), expected[-1], atol=1e-5)  # its prediction reads the mean too
+        assert torch.allclose(cls_reader.logits(texts), cls_reader.model(**cls_reader.encode(texts)).logits)
+        assert not torch.allclose(cls_reader.readout(hidden), expected, atol=1e-3)
+    assert mean_reader.fingerprint() != cls_reader.fingerprint()  # cached features/readouts kept apart
+    assert "mean-pooled" in mean_reader.readout_formula()
+    with pytest.raises(ValueError, match="can read pooling 'cls' or 'mean', not 'tokens'"):
+        mean_reader.set_readout_pooling("tokens")
+    vit = adapt(VisionTransformer(CFG))
+    with pytest.raises(ValueError, match="can read pooling 'cls', not 'mean'"):
+        vit.set_readout_pooling("mean")

@@ -74,8 +74,9 @@ def test_02_progress_is_one_summary_line(smoke_runs):
     nb = json.loads(_executed(smoke_runs, "02_cos_vs_cka").read_text())
     lines = [line for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
              if o["output_type"] == "stream" for line in "".join(o["text"]).splitlines()]
-    extraction = [line for line in lines if line.startswith("extract ")]
+    extraction = [line for line in lines if line.startswith("extract minilm-l6")]
     assert len(extraction) == 1 and re.fullmatch(r"extract minilm-l6: 2 batches in \d+\.\d s", extraction[0])
+    assert sum(line.startswith("extract ") for line in lines) == 2  # and one line for part 2's ViT
 
 
 def _markdown_math(nb) -> int:
@@ -123,7 +124,17 @@ def test_02_cos_vs_cka_smoke(smoke_runs):
     assert n["spearman_cos_cka"] >= 0.9
     gap = n["cos_by_gap"]  # claim 2: closer layers are more similar
     assert gap[0] == pytest.approx(1.0) and all(a > b for a, b in zip(gap, gap[1:]))
-    assert all(c["passed"] for c in r.metrics["checks"]), r.metrics["checks"]
+    minilm_checks = [c for c in r.metrics["checks"] if c["subject"] == "minilm-l6"]
+    assert len(minilm_checks) == 3 and all(c["passed"] for c in minilm_checks), minilm_checks
+    # part 2: the tiny smoke ViT (3 blocks: only 3 layer pairs, so its Spearman is a coarse +-0.5 / +-1)
+    agree = n["agreement[minilm-l6]"]
+    assert agree["spearman_cos_cka"] == pytest.approx(n["spearman_cos_cka"]) and agree["layers"] == 6
+    vit = n["agreement[train:vit-fashion-mnist]"]
+    assert vit["layers"] == 3 and vit["samples"].startswith("300 test images") and vit["min_cos"] > 0
+    assert vit["spearman_cos_cka"] in (pytest.approx(v) for v in (-1.0, -0.5, 0.5, 1.0))
+    subjects = {(c["name"], c["subject"]) for c in r.metrics["checks"]}
+    assert {("cos_cka_rank_agreement", "train:vit-fashion-mnist"), ("all_pairs_positive", "train:vit-fashion-mnist")} <= subjects
     for ext in ("png", "pdf"):
         assert (r.output_dir / f"cos_vs_cka.{ext}").stat().st_size > 1000
+        assert (r.output_dir / f"cos_vs_cka_models.{ext}").stat().st_size > 1000
     assert "02_cos_vs_cka" in (out / "smoke" / "REPORT.md").read_text()

@@ -68,7 +68,8 @@ def smollm2_path() -> Path:
 
 
 def load_model(name_or_path: str | Path, *, num_labels: int | None = None, final_norm: bool = True,
-               max_length: int | None = None, device: str | torch.device = "cpu") -> LayerAdapter:
+               max_length: int | None = None, readout_pooling: str | None = None,
+               device: str | torch.device = "cpu") -> LayerAdapter:
     """Load a model and wrap it in its adapter (in eval mode, on `device`).
 
     name_or_path:
@@ -80,6 +81,8 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, final
     num_labels: for a text encoder, attach a freshly initialised sequence-classification head.
     final_norm: apply the model's final norm before the head on every layer (pre-norm models).
     max_length: truncation of texts in tokens (default 128 for encoders, 256 for causal LMs).
+    readout_pooling: the pooled vector the head reads (default the model's own; a text encoder can read
+        "mean", as sentence encoders such as MiniLM-L6 are trained to be used).
     """
     text_kwargs = {"max_length": max_length} if max_length is not None else {}
     name = str(name_or_path)
@@ -94,6 +97,8 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, final
         adapter = _load_local(Path(name), num_labels=num_labels, final_norm=final_norm, **text_kwargs)
     else:
         adapter = _load_by_hub_name(name, num_labels=num_labels, final_norm=final_norm, **text_kwargs)
+    if readout_pooling is not None:
+        adapter.set_readout_pooling(readout_pooling)
     adapter.model.to(device).eval()
     return adapter
 

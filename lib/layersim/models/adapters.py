@@ -323,6 +323,19 @@ class LayerAdapter:
         """Everything besides the weights that changes what the adapter returns (for cache keys)."""
         return {"adapter": type(self).__name__, "final_norm": self.final_norm}
 
+    # the readout poolings this adapter's head can be switched to (`set_readout_pooling`)
+    settable_readout_poolings: tuple = ()
+
+    def set_readout_pooling(self, pooling: str) -> "LayerAdapter":
+        """Make the head read `pooling` of every layer instead of the model's own pooling (e.g. a sentence
+        encoder trained with mean pooling: ``classifier(pooler(mean(h_l)))``); returns the adapter."""
+        allowed = tuple(dict.fromkeys((type(self).readout_pooling,) + tuple(self.settable_readout_poolings)))
+        if pooling not in allowed:
+            raise ValueError(f"the head of {self.name} can read pooling {' or '.join(map(repr, allowed))}, not "
+                             f"{pooling!r}")
+        self.readout_pooling = pooling
+        return self
+
     # -- poolings and targets
     @property
     def poolings(self) -> tuple:
@@ -792,13 +805,26 @@ class HFEncoder(_HFText):
     (BERT: classifier(pooler(h_l[CLS])), dropout off). Every head of this family reads the [CLS] vector.
     """
 
-    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 128):
+    settable_readout_poolings = ("cls", "mean")
+
+    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 128,
+                 readout_pooling: str = "cls"):
         super().__init__(model, tokenizer, name=name, final_norm=final_norm, max_length=max_length)
         self._sequence_head, self.head_formula = _find_encoder_head(model)
         self.num_classes = model.config.num_labels if self._sequence_head is not None else None
+        self.set_readout_pooling(readout_pooling)
+
+    def settings(self) -> dict:
+        out = super().settings()
+        if self.readout_pooling != "cls":
+            out["readout_pooling"] = self.readout_pooling
+        return out
 
     def readout_formula(self) -> str:
-        return (self.head_formula or "no head") + " (post-norm encoder: no final norm)"
+        formula = self.head_formula or "no head"
+        if self.readout_pooling != "cls":
+            formula += f", reading the {self.readout_pooling}-pooled h_l in place of [CLS]"
+        return formula + " (post-norm encoder: no final norm)"
 
     def hidden_states(self, batch, upto: int | None = None) -> Hidden:
         enc = self.encode(batch)
@@ -806,8 +832,13 @@ class HFEncoder(_HFText):
         return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
 
     def logits(self, batch) -> torch.Tensor:
+        """The model's prediction (B, C): its own forward, or with a switched readout pooling the head on
+        that pooling of the last layer."""
         self._require_readout()
-        return self.model(**self.encode(batch)).logits
+        if self.readout_pooling == "cls":
+            return self.model(**self.encode(batch)).logits
+        hidden = self.hidden_states(batch)
+        return self.readout_vectors(self.pool(hidden, self.readout_pooling)[-1], layer=self.num_layers)
 
     def _head(self, vectors):
         logits = self._sequence_head(vectors[:, None, :])  # the heads read position 0 of a sequence

@@ -23,8 +23,8 @@ from .checkpoint import CheckpointError
 from .cli import main
 from .config import KEYS, RUNTIME_KEYS, ConfigError, TrainConfig, identity, identity_hash, recipes, resolve
 from .loop import RunConflictError, TrainResult, evaluate, load_run, train, train_cached
-from .tasks import Task, build_task
+from .tasks import Task, build_task, lm_test_sequences
 
 __all__ = ["train", "train_cached", "load_run", "TrainConfig", "TrainResult", "resolve", "recipes", "identity",
            "identity_hash", "evaluate", "build_task", "Task", "main", "ConfigError", "RunConflictError",
-           "CheckpointError", "KEYS", "RUNTIME_KEYS"]
+           "CheckpointError", "KEYS", "RUNTIME_KEYS", "lm_test_sequences"]

@@ -26,8 +26,10 @@ SCHEDULES = ("cosine", "linear", "constant")
 AUGMENTS = ("crop", "flip", "randaugment")
 AMP_MODES = ("auto", "bf16", "off")
 NORMALIZE = ("auto", "dataset", "model", "none")
-DATA_SOURCES = ("fashion-mnist", "digits", "cifar10", "cifar100", "image-folder", "rotten-tomatoes",
-                "glue/<task>")
+LM_SOURCES = ("english-corpus", "wikitext103", "text-file")  # text for causal language modelling
+DATA_SOURCES = ("fashion-mnist", "digits", "cifar10", "cifar100", "image-folder", "rotten-tomatoes") + LM_SOURCES + (
+    "glue/<task>",)
+POOLINGS = ("", "cls", "mean")
 IDENTITY_VERSION = 1  # bump when the meaning of a key or the training loop's arithmetic changes
 
 
@@ -42,9 +44,11 @@ class TrainConfig:
     name: str = "custom"          # a label for the run folder; not part of the identity
     # ---- data
     data: str = "fashion-mnist"   # fashion-mnist | digits | cifar10 | cifar100 | image-folder | rotten-tomatoes | glue/<task>
-    data_root: str = ""           # folder to read the source from ("": its default place; GLUE: a save_to_disk copy)
-    n_train: int = 0              # seeded subset of the training split (0: all of it)
-    n_test: int = 0               # seeded subset of the test split (0: all of it)
+    #                               language modelling: english-corpus | wikitext103 | text-file
+    data_root: str = ""           # folder to read the source from ("": its default place; GLUE: a save_to_disk copy;
+    #                               text-file: the file)
+    n_train: int = 0              # seeded subset of the training split (0: all of it); language models: sequences
+    n_test: int = 0               # seeded subset of the test split (0: all of it); language models: sequences
     data_seed: int = 0            # seed of the subsets and splits (kept apart from `seed`)
     num_classes: int = 0          # 0: the data's; otherwise must equal the data's class count
     # ---- model
@@ -57,8 +61,17 @@ class TrainConfig:
     vit_mlp_ratio: float = 4.0
     image_size: int = 0           # 0: our ViT the data's size, a timm model its own input size
     normalize: str = "auto"       # auto (vit: dataset mean/std, timm: the model's) | dataset | model | none
-    max_length: int = 128         # text: truncation in tokens
+    gpt_depth: int = 4            # model "gpt": a GPT-2-architecture model built from these keys, trained from scratch
+    gpt_width: int = 128
+    gpt_heads: int = 4
+    gpt_dropout: float = 0.0      # model "gpt": dropout of embeddings, attention and residuals
+    max_length: int = 128         # text classification: truncation in tokens
+    pooling: str = ""             # classifiers: the pooled vector the head reads ("": the model's own, cls | mean)
     final_norm: bool = True       # pre-norm models: apply the final norm before the shared head on every layer
+    # ---- language modelling (data english-corpus | wikitext103 | text-file)
+    tokenizer: str = ""           # "": the model's own | bpe: byte-level BPE trained on the training split | a name/path
+    vocab_size: int = 2048        # tokenizer bpe: its vocabulary (the LM head has this many outputs)
+    seq_len: int = 128            # packed sequences of this many tokens (at most the model's context)
     # ---- objective
     objective: str = "standard"   # standard | aligned | multi_exit
     layer_weights: str = ""       # "" (objective's default) | linear | uniform | last | comma-separated numbers
@@ -66,6 +79,9 @@ class TrainConfig:
     # ---- optimisation
     epochs: int = 3
     batch_size: int = 128         # the global batch (split over the ranks under torchrun)
+    grad_accum: int = 1           # micro-batches per optimizer step on each rank (same result, less memory)
+    max_steps: int = 0            # optimizer steps in all (0: epochs x steps per epoch); evaluation after each epoch
+    #                               and at the end
     lr: float = 1e-3
     weight_decay: float = 0.05    # AdamW, on weight matrices only (not on biases, norms, 1-d parameters)
     warmup: float = 0.1           # fraction of all optimizer steps spent warming up linearly from 0
@@ -118,12 +134,19 @@ def check(cfg: TrainConfig) -> None:
     for part in filter(None, cfg.augment.split("+")):
         if part not in AUGMENTS:
             raise ConfigError(f"augment is '' or a '+'-joined list of {', '.join(AUGMENTS)}; got {cfg.augment!r}")
+    _choice(cfg, "pooling", POOLINGS)
     positive = ("epochs", "batch_size", "eval_batch_size", "vit_depth", "vit_width", "vit_heads", "vit_patch",
-                "max_length")
+                "max_length", "gpt_depth", "gpt_width", "gpt_heads", "grad_accum", "seq_len")
+    if cfg.seq_len < 2:
+        raise ConfigError(f"seq_len must be >= 2 (an input token and its next token); got {cfg.seq_len}")
+    if cfg.vocab_size < 258:
+        raise ConfigError(f"vocab_size must be >= 258 (256 byte symbols and 2 special tokens); got {cfg.vocab_size}")
+    if not 0.0 <= cfg.gpt_dropout < 1.0:
+        raise ConfigError(f"gpt_dropout must be in [0, 1); got {cfg.gpt_dropout}")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1; got {getattr(cfg, key)}")
-    for key in ("n_train", "n_test", "num_classes", "image_size", "checkpoint_every", "crop_padding"):
+    for key in ("n_train", "n_test", "num_classes", "image_size", "checkpoint_every", "crop_padding", "max_steps"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0 (0 means: {_ZERO_MEANS[key]}); got {getattr(cfg, key)}")
     if not 0.0 <= cfg.warmup < 1.0:
@@ -140,7 +163,8 @@ def check(cfg: TrainConfig) -> None:
 
 
 _ZERO_MEANS = {"n_train": "all", "n_test": "all", "num_classes": "the data's", "image_size": "automatic",
-               "checkpoint_every": "epoch ends only", "crop_padding": "no padding"}
+               "checkpoint_every": "epoch ends only", "crop_padding": "no padding",
+               "max_steps": "epochs x steps per epoch"}
 
 
 def layer_weights(cfg: TrainConfig):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -49,6 +50,7 @@ MODEL_FILE = "model.pt"
 LOCK_FILE = ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ckpt.CHECKPOINT, ckpt.PREVIOUS, ckpt.CHECKPOINT + ".corrupt", MODEL_FILE)
 MODEL_FORMAT = "layersim.train.model"
+TOKENIZER_DIR = "tokenizer"  # a language model's own tokenizer (tokenizer: bpe or a name), beside model.pt
 
 
 class RunConflictError(ValueError):
@@ -197,12 +199,22 @@ def _optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    from transformers import get_scheduler
+def schedule_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """The learning-rate multiplier after `step` optimizer steps: linear warm-up over the first
+    round(warmup x total) steps, then cosine to 0, linear to 0, or constant (as transformers' schedulers)."""
+    warm = int(round(cfg.warmup * total_steps))
+    if step < warm:
+        return step / max(1, warm)
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total_steps - warm)
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(round(cfg.warmup * total_steps)),
-                         num_training_steps=total_steps)
+
+def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(step, cfg, total_steps))
 
 
 def _to_device(batch, device):
@@ -214,21 +226,41 @@ def _to_device(batch, device):
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
+def _readout_counts(preds: torch.Tensor, nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(3L) float64: per layer the correct count, the summed cross-entropy, and the saturation histogram
+    (samples whose saturation layer is l), from (L, n) predictions and (L, n) cross-entropies."""
+    from ..metrics import saturation_layer
+
+    L = preds.shape[0]
+    correct = (preds == targets[None]).sum(1)
+    histogram = torch.bincount(saturation_layer(preds) - 1, minlength=L)
+    return torch.cat([correct.double(), nll.double().sum(1), histogram.double()]).cpu()
+
+
 @torch.no_grad()
 def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Optional[Dist] = None,
              batch_size: int = 256, autocast=contextlib.nullcontext) -> dict:
-    """Test accuracy of every layer with the shared last-layer classifier (and each exit head).
+    """Every layer read by the shared last-layer classifier (and by each exit head) on the test split.
 
-    Returns {"layer_acc": [L floats], "exit_acc": [L floats] or None, "test_loss": cross-entropy of the
-    model's own prediction, "n_test": samples}. Under torchrun each rank takes samples r, r+W, ... and
-    the counts are all-reduced.
+    Returns {"layer_acc": (L) accuracy, "layer_nll": (L) mean cross-entropy (for a language model per token:
+    exp of it is the layer's perplexity, also under "layer_ppl"), "saturation_hist": (L) samples whose
+    prediction saturates at layer l (PAPER.md), "early_saturation": share saturating before layer L,
+    "test_loss": cross-entropy of the model's own prediction, "n_test": samples (tokens for a language
+    model)}; a multi-exit model adds the same for its exit heads ("exit_acc", "exit_nll",
+    "exit_saturation_hist", "exit_early_saturation"). The logits are formed in chunks of samples
+    (`LOGIT_ELEMENTS_PER_CHUNK`), so a vocabulary never needs (L, tokens, V) at once. Under torchrun each rank
+    takes samples r, r+W, ... and the counts are all-reduced.
     """
     from ..models import eval_mode
+    from ..models.adapters import LOGIT_ELEMENTS_PER_CHUNK
 
     dist = dist or Dist(device=adapter.device)
     L = adapter.num_layers
     mine = np.arange(dist.rank, len(task.test), dist.world)
-    counts = torch.zeros(2 * L + 2, dtype=torch.float64)  # shared correct (L), exit correct (L), loss, n
+    shared = torch.zeros(3 * L, dtype=torch.float64)
+    exits = torch.zeros(3 * L, dtype=torch.float64)
+    n = torch.zeros(1, dtype=torch.float64)
+    step = max(1, LOGIT_ELEMENTS_PER_CHUNK // max(1, adapter.num_classes))
     with eval_mode(adapter.model), autocast():
         readers = heads.readers(adapter) if heads is not None else None
         for start in range(0, len(mine), batch_size):
@@ -236,19 +268,38 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
             hidden = adapter.hidden_states(_to_device(inputs, dist.device))
             vectors = adapter.pool(hidden, adapter.readout_pooling)
             y = adapter.targets(hidden, labels)
-            for l in range(L):
-                logits = adapter.readout_vectors(vectors[l], layer=l + 1)
-                counts[l] += (logits.argmax(-1) == y).sum().item()
-                if l == L - 1:
-                    counts[2 * L] += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                if readers is not None:
-                    counts[L + l] += (readers[l](vectors[l]).argmax(-1) == y).sum().item()
-            counts[2 * L + 1] += y.numel()
-    counts = dist.sum(counts)
-    n = counts[-1].item()
-    return {"layer_acc": (counts[:L] / n).tolist(),
-            "exit_acc": (counts[L:2 * L] / n).tolist() if heads is not None else None,
-            "test_loss": counts[2 * L].item() / n, "n_test": int(n)}
+            for rows in range(0, y.numel(), step):
+                part, t = slice(rows, rows + step), y[rows:rows + step]
+                for counts, read in ((shared, lambda l, v: adapter.readout_vectors(v, layer=l + 1)),
+                                     (exits, (lambda l, v: readers[l](v)) if readers is not None else None)):
+                    if read is None:
+                        continue
+                    logits = [read(l, vectors[l, part]).float() for l in range(L)]
+                    preds = torch.stack([z.argmax(-1) for z in logits])
+                    nll = torch.stack([F.cross_entropy(z, t, reduction="none") for z in logits])
+                    counts += _readout_counts(preds, nll, t)
+            n += y.numel()
+    totals = dist.sum(torch.cat([shared, exits, n]))
+    n = totals[-1].item()
+
+    def summary(counts: torch.Tensor, prefix: str) -> dict:
+        hist = counts[2 * L:3 * L]
+        out = {f"{prefix}_acc": (counts[:L] / n).tolist(), f"{prefix}_nll": (counts[L:2 * L] / n).tolist(),
+               f"{prefix}_saturation_hist": [int(v) for v in hist.tolist()],
+               f"{prefix}_early_saturation": (hist[:L - 1].sum() / n).item()}
+        if adapter.vocabulary_readout:
+            out[f"{prefix}_ppl"] = torch.exp(counts[L:2 * L] / n).tolist()
+        return out
+
+    result = summary(totals[:3 * L], "layer")
+    result["saturation_hist"] = result.pop("layer_saturation_hist")
+    result["early_saturation"] = result.pop("layer_early_saturation")
+    if heads is not None:
+        result.update(summary(totals[3 * L:6 * L], "exit"))
+    else:
+        result["exit_acc"] = None
+    result.update(test_loss=result["layer_nll"][-1], n_test=int(n))
+    return result
 
 
 # ---- the run folder ------------------------------------------------------------------------------------------
@@ -297,6 +348,10 @@ def _prepare_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
         if overwrite:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
+            if (out / TOKENIZER_DIR).exists():
+                from ..storage import remove_folder
+
+                remove_folder(out / TOKENIZER_DIR)
     atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
 
 
@@ -333,7 +388,12 @@ def load_run(out) -> TrainResult:
         raise ValueError(f"{path} is not a model written by layersim.train")
     if payload["identity_hash"] != identity_hash(cfg):
         raise ValueError(f"{path} does not belong to the config in {out / CONFIG_FILE}")
-    adapter = build_model(cfg, payload["info"])
+    tokenizer = None
+    if (out / TOKENIZER_DIR).is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(out / TOKENIZER_DIR))
+    adapter = build_model(cfg, payload["info"], tokenizer)
     adapter.model.load_state_dict(payload["state_dict"])
     adapter.model.eval()
     heads = None
@@ -403,8 +463,14 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {B} is larger than the training set ({n_train} samples); lower it or "
                           "raise n_train")
-    total = cfg.epochs * steps_per_epoch
-    rows = slice(dist.rank * (B // W), (dist.rank + 1) * (B // W))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    share, A = B // W, cfg.grad_accum
+    if share % A:
+        raise ConfigError(f"each of the {W} processes takes {share} samples of the global batch {B}, which "
+                          f"grad_accum={A} cannot cut into equal micro-batches; make batch_size a multiple of "
+                          f"{W * A}")
+    micro = share // A
+    rows = [slice(dist.rank * share + i * micro, dist.rank * share + (i + 1) * micro) for i in range(A)]
     optimizer = _optimizer(step_module, cfg)
     scheduler = _scheduler(optimizer, cfg, total)
     use_bf16 = _use_bf16(cfg, dist.device)
@@ -456,28 +522,34 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
         if k == 0:
             loss_sum, loss_count = 0.0, 0
         torch.manual_seed(_seed(cfg.seed, 2, g, dist.rank))  # dropout etc.: the same on a resumed run
-        inputs, labels = task.train_batch(order[k * B:(k + 1) * B], rows, (cfg.seed, 1, g))
-        with autocast():
-            loss, _ = runner(_to_device(inputs, dist.device), labels.to(dist.device))
-        loss.backward()
+        batch = order[k * B:(k + 1) * B]
+        value = 0.0
+        for i, part in enumerate(rows):  # gradient accumulation: each micro-batch's mean loss weighted 1/A
+            inputs, labels = task.train_batch(batch, part, (cfg.seed, 1, g))
+            sync = contextlib.nullcontext() if (W == 1 or i == A - 1) else runner.no_sync()
+            with sync:
+                with autocast():
+                    loss, _ = runner(_to_device(inputs, dist.device), labels.to(dist.device))
+                (loss / A).backward() if A > 1 else loss.backward()
+            value += loss.item() / A
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(step_module.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
         if not np.isfinite(value):
             raise FloatingPointError(f"the loss is {value} at step {g + 1} of {cfg.name}: training diverged; "
                                      "lower lr or raise warmup")
         loss_sum, loss_count = loss_sum + value, loss_count + 1
         done = g + 1
-        if done % steps_per_epoch == 0:  # end of an epoch: evaluate, log, checkpoint
+        if done % steps_per_epoch == 0 or done == total:  # end of an epoch or of training: evaluate, log, save
             train_time += time.perf_counter() - tick
             eval_start = time.perf_counter()
             result = evaluate(adapter, task, heads=heads, dist=dist, batch_size=cfg.eval_batch_size,
                               autocast=autocast)
             mean_loss = dist.sum(torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64))
-            record = {"epoch": epoch + 1, "step": done, "objective": cfg.objective,
+            whole = done % steps_per_epoch == 0
+            record = {"epoch": done // steps_per_epoch if whole else round(done / steps_per_epoch, 4), "step": done, "objective": cfg.objective,
                       "train_loss": mean_loss[0].item() / mean_loss[1].item(), "lr": scheduler.get_last_lr()[0],
                       **result, "world_size": W, "train_time_s": round(train_time, 3),
                       "eval_time_s": round(time.perf_counter() - eval_start, 3)}
@@ -486,7 +558,7 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
             if dist.is_main:
                 _append_log(out, record)
                 accs = " ".join(f"{a:.3f}" for a in record["layer_acc"])
-                print(f"{cfg.name} ({cfg.objective}) epoch {epoch + 1}/{cfg.epochs}: train loss "
+                print(f"{cfg.name} ({cfg.objective}) epoch {record['epoch']:g}/{total / steps_per_epoch:g}: train loss "
                       f"{record['train_loss']:.4f}, test accuracy by layer {accs}", flush=True)
             log_lines += 1
             save_checkpoint(done)
@@ -500,12 +572,24 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
     if dist.is_main:
         if not record:
             record = _read_log(out)[-1]
+        if task.tokenizer is not None:  # the run's own tokenizer goes with the weights
+            save_tokenizer(task.tokenizer, out / TOKENIZER_DIR)
         atomic_save(_model_payload(adapter, heads, cfg, task.info, record), out / MODEL_FILE)
     dist.barrier()
     log = _read_log(out)
     last = log[-1] if log else record
     return TrainResult(adapter, heads, cfg, last.get("layer_acc"), last.get("exit_acc"), log, out, task.info,
                        trained=start < total)
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Write `tokenizer` (save_pretrained) into `folder`, replacing it atomically."""
+    from ..storage import atomic_folder, remove_folder
+
+    if folder.exists():
+        remove_folder(folder)
+    with atomic_folder(folder) as tmp:
+        tokenizer.save_pretrained(str(tmp))
 
 
 def _append_log(out: Path, record: dict) -> None:

@@ -13,6 +13,11 @@ fit (class count, image channels), and returns a `Task`:
 Images are kept as float tensors in [0, 1] and prepared per batch: augmentation (random crop with
 padding, horizontal flip, RandAugment), resizing to the model's input size, grey -> RGB when the model
 wants 3 channels, normalisation. Texts are lists of strings, tokenised by the adapter.
+
+Language modelling (data english-corpus | wikitext103 | text-file): the documents of each split are
+tokenised (the model's own tokenizer, or a byte-level BPE trained on the training split), joined by the
+end-of-text token and packed into sequences of `seq_len` tokens (cached under
+``default_cache_dir()/tokens``); a sample is a sequence, its targets its next tokens.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from .. import data as D
-from .config import ConfigError, TrainConfig
+from ..storage import atomic_save, default_cache_dir, file_lock, stable_hash
+from .config import LM_SOURCES, ConfigError, TrainConfig
 
 
 # ---- splits ----------------------------------------------------------------------------------------------
@@ -91,8 +97,10 @@ def load_splits(cfg: TrainConfig) -> tuple:
         d = D.load_image_folder(root, image_size=size, n_train=n_train, n_test=n_test, seed=seed)
     elif cfg.data == "rotten-tomatoes":
         d = D.load_rotten_tomatoes(seed=seed)
-    else:  # glue/<task>
+    elif cfg.data.startswith("glue/"):
         d = D.load_glue(cfg.data.split("/", 1)[1], local_dir=root)
+    else:
+        raise ConfigError(f"data={cfg.data} is text for language modelling, not a classification task")
     if isinstance(d, D.TextData):
         if d.train_labels is None:
             raise ConfigError(f"{cfg.data} has no labels: it cannot train a classifier")
@@ -192,12 +200,16 @@ class Task:
     kind: str
     info: dict = field(default_factory=dict)
     pipeline: Optional[ImagePipeline] = None
+    tokenizer: Any = None  # language models: the run's own tokenizer, saved with the weights (None: the model's)
+    input_key: Optional[str] = None  # token-id inputs are given to the adapter as {input_key: ids}
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def _prepare(self, inputs, draws=None):
+        if self.input_key is not None:
+            return {self.input_key: inputs}
         return self.pipeline(inputs, draws) if self.pipeline is not None else inputs
 
     def train_batch(self, indices: np.ndarray, rows: slice, step_seed) -> tuple:
@@ -228,11 +240,14 @@ def _image_input(model) -> tuple:
     raise ValueError(f"don't know the input size of {type(model).__name__}")
 
 
-def build_model(cfg: TrainConfig, info: dict):
-    """The adapter of the model cfg.model for `info` (num_classes, and for our ViT in_chans/image_size)."""
+def build_model(cfg: TrainConfig, info: dict, tokenizer=None):
+    """The adapter of the model cfg.model for `info` (num_classes, and for our ViT in_chans/image_size).
+    Language models: `tokenizer` is the run's tokenizer (None: the model's own)."""
     from ..models import VisionTransformer, ViTConfig, adapt, load_model
 
     torch.manual_seed(cfg.seed)
+    if info.get("kind") == "lm":
+        return _build_language_model(cfg, info, tokenizer)
     C = info["num_classes"]
     if cfg.model == "vit":
         try:
@@ -242,15 +257,181 @@ def build_model(cfg: TrainConfig, info: dict):
                                 multi_exit=cfg.objective == "multi_exit")
         except ValueError as e:
             raise ConfigError(f"the vit_* keys do not make a valid ViT: {e}") from e
-        return adapt(VisionTransformer(vit_cfg), final_norm=cfg.final_norm)
-    adapter = load_model(cfg.model, num_labels=C if cfg.new_head else None, final_norm=cfg.final_norm,
-                         max_length=cfg.max_length)
+        adapter = adapt(VisionTransformer(vit_cfg), final_norm=cfg.final_norm)
+    else:
+        adapter = load_model(cfg.model, num_labels=C if cfg.new_head else None, final_norm=cfg.final_norm,
+                             max_length=cfg.max_length)
+        adapter.model.train()
+    if cfg.pooling:
+        try:
+            adapter.set_readout_pooling(cfg.pooling)
+        except ValueError as e:
+            raise ConfigError(f"pooling={cfg.pooling!r}: {e}; set pooling to '' (the model's own)") from e
+    return adapter
+
+
+def _build_language_model(cfg: TrainConfig, info: dict, tokenizer):
+    """A causal LM: model "gpt" is GPT-2's architecture built from the gpt_* keys (random weights, vocabulary
+    info["vocab_size"]), any other name a pretrained causal LM (`load_model`) with its own tokenizer or
+    `tokenizer` (which must fit its vocabulary)."""
+    from ..models import adapt, load_model
+
+    if cfg.model == "gpt":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        if tokenizer is None:
+            raise ConfigError("model gpt is trained from scratch and has no tokenizer of its own: set tokenizer to "
+                              "bpe (trained on the training split) or to a tokenizer's name or folder")
+        if cfg.gpt_width % cfg.gpt_heads:
+            raise ConfigError(f"gpt_width {cfg.gpt_width} is not divisible by gpt_heads {cfg.gpt_heads}")
+        eos = tokenizer.eos_token_id
+        config = GPT2Config(vocab_size=info.get("vocab_size") or len(tokenizer), n_positions=cfg.seq_len,
+                            n_embd=cfg.gpt_width, n_layer=cfg.gpt_depth, n_head=cfg.gpt_heads,
+                            resid_pdrop=cfg.gpt_dropout, embd_pdrop=cfg.gpt_dropout, attn_pdrop=cfg.gpt_dropout,
+                            bos_token_id=eos, eos_token_id=eos)
+        adapter = adapt(GPT2LMHeadModel(config), tokenizer, final_norm=cfg.final_norm, max_length=cfg.seq_len,
+                        name=f"gpt-{cfg.gpt_depth}x{cfg.gpt_width}")
+    else:
+        if cfg.tokenizer == "bpe":
+            raise ConfigError(f"tokenizer=bpe trains a new vocabulary, which the pretrained {cfg.model} cannot read "
+                              "(its token ids would mean other tokens): set tokenizer to '' (the model's own), or "
+                              "train model gpt from scratch")
+        adapter = load_model(cfg.model, final_norm=cfg.final_norm, max_length=cfg.seq_len)
+        if not adapter.vocabulary_readout:
+            raise ConfigError(f"data={cfg.data} trains a causal language model, but {cfg.model} is a "
+                              f"{type(adapter).__name__}; use model gpt or a causal LM (gpt2, smollm2-135m, ...)")
+        if tokenizer is not None:
+            if len(tokenizer) > adapter.num_classes:
+                raise ValueError(f"the tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens but {cfg.model} reads "
+                                 f"out only {adapter.num_classes}: the tokenizer and the model do not belong "
+                                 "together; set tokenizer to '' (the model's own)")
+            adapter.tokenizer = tokenizer
+        elif adapter.tokenizer is None:
+            raise ConfigError(f"{cfg.model} comes without a tokenizer: set tokenizer to its name or folder")
+    if adapter.max_positions < cfg.seq_len:
+        raise ConfigError(f"seq_len={cfg.seq_len} exceeds the context of {cfg.model} ({adapter.max_positions} "
+                          f"positions); set seq_len to at most {adapter.max_positions}")
+    if info.get("vocab_size") is not None and adapter.num_classes != info["vocab_size"]:
+        raise ValueError(f"the model {cfg.model} reads out {adapter.num_classes} tokens but the run was trained "
+                         f"with {info['vocab_size']}: the tokenizer and the model do not belong together")
     adapter.model.train()
     return adapter
 
 
+# ---- language modelling ------------------------------------------------------------------------------------
+def _lm_documents(cfg: TrainConfig) -> tuple:
+    """(train documents, test documents) of a language-modelling source."""
+    root = cfg.data_root or None
+    if cfg.data == "english-corpus":
+        corpus = D.load_english_corpus(seed=cfg.data_seed)
+        return corpus.train, corpus.test
+    if cfg.data == "wikitext103":
+        corpus = D.load_wikitext103_corpus(local_dir=root)
+        return corpus.train, corpus.test
+    if root is None:
+        raise ConfigError("data=text-file needs data_root: the path of a UTF-8 text file (one document per line; "
+                          "the last 10% of the lines are the test split)")
+    d = D.load_text_file(root)
+    return list(d.train_texts), list(d.test_texts)
+
+
+def run_tokenizer(cfg: TrainConfig, train_texts=None):
+    """The tokenizer of a language-modelling run: None (the model's own, cfg.tokenizer ''), a byte-level BPE
+    trained on the training split (bpe), or one loaded by name or folder."""
+    if not cfg.tokenizer:
+        return None
+    if cfg.tokenizer == "bpe":
+        if train_texts is None:
+            train_texts = _lm_documents(cfg)[0]
+        return D.train_bpe_tokenizer(train_texts, cfg.vocab_size)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer={cfg.tokenizer!r} cannot be loaded ({e}); use '' (the model's own), bpe, or "
+                          "the name or folder of a Hugging Face tokenizer") from e
+
+
+def packed_sequences(tokenizer, texts, seq_len: int, what: str) -> torch.Tensor:
+    """(n, seq_len) token ids of `texts` (`layersim.data.tokenize_and_pack`), cached under
+    ``default_cache_dir()/tokens`` keyed by the texts, the tokenizer's vocabulary and seq_len."""
+    spec = json_tokenizer_spec(tokenizer)
+    key = stable_hash({"texts": D._texts_digest(texts), "tokenizer": spec, "seq_len": int(seq_len), "format": 1})
+    folder = default_cache_dir() / "tokens"
+    path = folder / f"{what}-{key[:24]}.pt"
+    with file_lock(folder / f".{path.name}.lock"):
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=True)
+            except Exception:  # damaged entry: rebuild it
+                path.unlink()
+        try:
+            sequences = D.tokenize_and_pack(tokenizer, texts, seq_len)
+        except ValueError as e:
+            raise ConfigError(f"the {what} split: {e}") from e
+        atomic_save(sequences, path)
+        return sequences
+
+
+def json_tokenizer_spec(tokenizer) -> str:
+    """A hash of a tokenizer's vocabulary and rules (without its padding/truncation state)."""
+    import json
+
+    if hasattr(tokenizer, "backend_tokenizer"):
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        for state in ("padding", "truncation"):
+            spec.pop(state, None)
+        return stable_hash(spec)
+    return stable_hash({"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())})
+
+
+def _seq_subset(x: torch.Tensor, n: int, seed: int, what: str) -> torch.Tensor:
+    if n == 0 or n == len(x):
+        return x
+    if n > len(x):
+        raise ConfigError(f"{what}={n} sequences but the split packs into only {len(x)}; lower it or set it to 0 "
+                          "(all)")
+    return x[torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(x))[:n]))]
+
+
+def build_lm_task(cfg: TrainConfig) -> "Task":
+    """A causal language-modelling task: packed token sequences and a causal LM that reads them."""
+    if cfg.augment:
+        raise ConfigError(f"augment={cfg.augment!r} applies to images; {cfg.data} is text: set augment to ''")
+    train_texts, test_texts = _lm_documents(cfg)
+    for what, texts in (("train", train_texts), ("test", test_texts)):
+        if not texts or not any(t.strip() for t in texts):
+            raise ConfigError(f"the {what} split of {cfg.data} is empty: there is no text to "
+                              f"{'train' if what == 'train' else 'evaluate'} a language model on")
+    tokenizer = run_tokenizer(cfg, train_texts)
+    info = {"kind": "lm", "source": cfg.data, "seq_len": cfg.seq_len, "classes": []}
+    if tokenizer is not None and cfg.model == "gpt":
+        info["vocab_size"] = len(tokenizer)
+    adapter = build_model(cfg, info, tokenizer)
+    tokenizer = adapter.tokenizer
+    info["vocab_size"] = info["num_classes"] = adapter.num_classes
+    train = _seq_subset(packed_sequences(tokenizer, train_texts, cfg.seq_len, "train"), cfg.n_train,
+                        cfg.data_seed, "n_train")
+    test = _seq_subset(packed_sequences(tokenizer, test_texts, cfg.seq_len, "test"), cfg.n_test,
+                       cfg.data_seed + 1, "n_test")
+    top = int(max(train.max(), test.max()))
+    if top >= adapter.num_classes:
+        raise ValueError(f"the text was tokenised into ids up to {top}, but {adapter.name} reads out "
+                         f"{adapter.num_classes} tokens: the tokenizer and the model do not belong together")
+    info.update(train_tokens=int(train.numel()), test_tokens=int(test.numel()), tokenizer_size=len(tokenizer))
+    dummy = lambda x: torch.zeros(len(x), dtype=torch.long)  # noqa: E731 - the targets are the next tokens
+    return Task(adapter, Split(train, dummy(train)), Split(test, dummy(test)), [], "lm", info, None,
+                tokenizer=tokenizer if cfg.tokenizer else None, input_key="input_ids")
+
+
 def build_task(cfg: TrainConfig) -> Task:
     """Load data and model for `cfg` and check that they fit. Raises ConfigError / ValueError."""
+    if cfg.data in LM_SOURCES:
+        return build_lm_task(cfg)
+    if cfg.model == "gpt":
+        raise ConfigError(f"model gpt is a language model; data={cfg.data} is a classification task: use data "
+                          f"{' | '.join(LM_SOURCES)}")
     train, test, classes, kind = load_splits(cfg)
     C = len(classes)
     if cfg.num_classes and cfg.num_classes != C:
@@ -305,3 +486,14 @@ def pipeline_from_info(info: dict) -> Optional[ImagePipeline]:
     if info.get("kind") != "image":
         return None
     return ImagePipeline(info["model_in_chans"], info["model_image_size"], tuple(info["mean"]), tuple(info["std"]))
+
+
+def lm_test_sequences(cfg: TrainConfig, tokenizer) -> torch.Tensor:
+    """(n, seq_len) token ids of the test split a language-modelling run `cfg` is evaluated on (the same
+    sequences as in training's evaluation; packed once and cached). `tokenizer`: the run's
+    (``run.adapter.tokenizer``)."""
+    if cfg.data not in LM_SOURCES:
+        raise ValueError(f"{cfg.name} trains on {cfg.data}, not on text for language modelling")
+    test_texts = _lm_documents(cfg)[1]
+    return _seq_subset(packed_sequences(tokenizer, test_texts, cfg.seq_len, "test"), cfg.n_test, cfg.data_seed + 1,
+                       "n_test")
