@@ -646,3 +646,19 @@ def test_encoder_head_can_read_mean_pooled_tokens(tokenizer, tmp_path):
     vit = adapt(VisionTransformer(CFG))
     with pytest.raises(ValueError, match="can read pooling 'cls', not 'mean'"):
         vit.set_readout_pooling("mean")
+
+
+def test_smollm2_is_parsed_once_then_read_from_a_cached_copy(tmp_path, monkeypatch):
+    """The GGUF file costs ~30 s to parse and dequantise; later loads read a cached float32 copy that gives
+    the same weights, tokenizer and fingerprint (so feature caches keyed by it stay valid)."""
+    monkeypatch.setenv("LAYERSIM_CACHE", str(tmp_path))
+    first = load_model("smollm2-135m")
+    copies = [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]
+    assert len(copies) == 1 and (copies[0] / "weights.pt").is_file()
+    second = load_model("smollm2-135m")
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert second.model.lm_head.weight.data_ptr() == second.model.model.embed_tokens.weight.data_ptr()  # still tied
+    assert first.fingerprint() == second.fingerprint()
+    text = "The capital of France is"
+    assert first.tokenizer(text)["input_ids"] == second.tokenizer(text)["input_ids"]

@@ -127,14 +127,50 @@ def _hf_from_pretrained(name: str, num_labels: int | None = None, **hub_kwargs):
     return model.eval(), tokenizer
 
 
-def _gguf_from_pretrained(path: Path):
-    """A causal LM stored as one GGUF file (dequantized to float32 by transformers)."""
+def _gguf_from_pretrained(path: Path, *, cache: bool = True):
+    """A causal LM stored as one GGUF file (dequantized to float32 by transformers).
+
+    Parsing and dequantising the file takes tens of seconds; the result is kept as a ``save_pretrained``
+    copy under ``default_cache_dir()/models`` (keyed by the file's size and modification time and the
+    transformers version; written atomically), which later calls load in a second or two."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _gguf_progress():
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return model.eval(), tokenizer
+    from ..storage import atomic_folder, default_cache_dir, file_lock, remove_folder, stable_hash
+
+    stat = path.stat()
+    key = stable_hash({"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       "transformers": transformers.__version__, "format": 1})
+    parent = default_cache_dir() / "models"
+    folder = parent / f"{path.stem}-{key[:16]}"
+
+    def parse():
+        with _gguf_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        return model.eval(), tokenizer
+
+    if not cache:
+        return parse()
+    with file_lock(parent / f".{folder.name}.lock"):
+        if folder.exists():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                config = transformers.AutoConfig.from_pretrained(folder)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+                model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+                return model.eval(), tokenizer
+            except Exception:  # damaged copy: parse the file again
+                remove_folder(folder)
+        model, tokenizer = parse()
+        # (save_pretrained refuses a model read from GGUF: keep its config and float32 weights instead)
+        with atomic_folder(folder) as tmp:
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            (tmp / "config.json").write_text(json.dumps(config), encoding="utf-8")
+            torch.save(model.state_dict(), tmp / "weights.pt")
+            tokenizer.save_pretrained(tmp)
+        return model, tokenizer
 
 
 @contextlib.contextmanager
