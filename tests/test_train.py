@@ -150,6 +150,14 @@ def test_train_evaluates_every_layer_and_saved_model_reproduces_it(tmp_path):
     with torch.no_grad():
         readout = result.adapter.readout(result.adapter.hidden_states(images))  # (L, n, C)
     assert np.allclose(layerwise_accuracy(readout, labels).tolist(), result.layer_acc, atol=1e-9)
+    nll = torch.stack([torch.nn.functional.cross_entropy(z, labels) for z in readout])
+    assert np.allclose(nll.tolist(), record["layer_nll"], atol=1e-5) and record["test_loss"] == record["layer_nll"][-1]
+    from layersim.metrics import saturation_layer
+
+    by_hand = torch.bincount(saturation_layer(readout) - 1, minlength=2)
+    assert record["saturation_hist"] == by_hand.tolist()
+    assert record["early_saturation"] == pytest.approx(by_hand[0].item() / len(labels))
+    assert "layer_ppl" not in record  # perplexity is reported for vocabularies only
     # the folder read back gives the same model and numbers; the ViT file also loads with load_model
     again = T.load_run(tmp_path / "run")
     assert not again.trained and again.layer_acc == result.layer_acc
