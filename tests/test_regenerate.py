@@ -316,13 +316,19 @@ def test_a_notebook_that_could_not_start_keeps_its_last_results(ran, tmp_path):
     assert "`twice_x`: 6" in report
 
 
-def test_a_killed_runner_leaves_no_notebook_running(ran, tmp_path):
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell does for `make figures &` or nohup
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "started-with-sigint-ignored"])
+def test_a_killed_runner_leaves_no_notebook_running(ran, tmp_path, background):
     project = _copy(ran, tmp_path)
     out = project / "results" / "smoke"
     marker = tmp_path / "running"
     (project / "notebooks" / "profiles" / "smoke.yaml").write_text(f"01_ok:\n  x: 5\n  hold: {str(marker)!r}\n")
     proc = subprocess.Popen([sys.executable, "-m", "layersim.regenerate", *_args(project, "--only", "01_ok")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_ignore_sigint if background else None)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():

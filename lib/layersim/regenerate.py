@@ -239,6 +239,9 @@ def _stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    # a runner started in the background (`make figures &`, nohup) inherits SIGINT ignored, and so would
+    # papermill and its kernel, which then could not be stopped: give them the default disposition back
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _start(name: str, params: dict, notebooks_dir: Path, out_root: Path, kernel: str, jobs: int) -> _Job:
@@ -717,6 +720,7 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     try:
         runs = regenerate(args.profile, only=args.only, notebooks_dir=args.notebooks_dir,
                           results_dir=args.results_dir, kernel=args.kernel, jobs=args.jobs)
