@@ -1,7 +1,6 @@
 """layersim.figures: trained models read out on their test split, the PCA of class means, grouping by
 saturation layer, the per-exit table, measured exits. Trainings here are tiny (our ViT of width 16 on 8x8
 scikit-learn digits, a second or two each) and live in a temporary cache."""
-import contextlib
 import logging
 import warnings
 
@@ -18,19 +17,12 @@ from layersim import figures  # noqa: E402
 from layersim.early_exit import ConfidenceExit, per_layer_logits, simulate  # noqa: E402
 from layersim.metrics import layerwise_accuracy  # noqa: E402
 from layersim.models import VisionTransformer, ViTConfig, adapt  # noqa: E402
+from _helpers import one_thread  # noqa: E402
 
 TINY = dict(data="digits", n_train=0, n_test=0, vit_patch=2, vit_depth=3, vit_width=16, vit_heads=2, epochs=1,
             batch_size=64, lr=3e-3, progress=False)
 
 
-@contextlib.contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

