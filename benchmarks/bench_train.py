@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,40 +33,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from layersim.early_exit import paired_speedup
 from layersim.losses import make_objective
 from layersim.models import VisionTransformer, ViTConfig, adapt, load_model, state_dict_to_timm, timm_kwargs
 from layersim.train import resolve
 from layersim.train.loop import _optimizer, _scheduler, _Step
 
-WORDS = ("the a film story actor scene plot music long short funny sad bright dark slow quick never always "
-         "good bad great dull moving clever tired fresh rotten ending beginning director screen audience "
-         "laughs tears heart mind camera colour light night day city village love war friend enemy").split()
-
-
-def texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(n)]
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from bench_extract import texts  # noqa: E402  (the same generated snippets as the extraction benchmark)
 
 
 def compare(name: str, reference, candidate, repeats: int, claim: float) -> dict:
-    """Median of paired ratios candidate/reference (after two warm-ups each), alternating the order."""
-    for _ in range(2):
-        reference(), candidate()
-    t_ref, t_new = [], []
-    for i in range(repeats):
-        if i % 2:
-            t_new.append(timed(candidate))
-            t_ref.append(timed(reference))
-        else:
-            t_ref.append(timed(reference))
-            t_new.append(timed(candidate))
-    paired = statistics.median(n / r for n, r in zip(t_new, t_ref))
+    """Median of paired ratios candidate/reference (after two warm-ups each), alternating the order
+    (`layersim.early_exit.paired_speedup`; with an odd number of repeats its median speed-up is exactly the
+    reciprocal of the median of these ratios)."""
+    timing = paired_speedup(reference, candidate, repeats=repeats, warmup=2)
+    paired = statistics.median(c / r for c, r in zip(timing["candidate_times"], timing["reference_times"]))
+    t_ref, t_new = timing["reference_times"], timing["candidate_times"]
     r, n = min(t_ref), min(t_new)
     verdict = "yes" if paired <= claim else "NO"
     print(f"| {name} | {r * 1000:.1f} | {n * 1000:.1f} | {paired:.3f} | {n / r:.3f} | <= {claim} | {verdict} |",
