@@ -8,7 +8,7 @@ import transformers
 
 from layersim.early_exit import (ConfidenceExit, EntropyExit, FixedExit, FlopsProfile, LayerSummaries,
                                  PatienceExit, calibration, choose_by_accuracy_drop, count_flops, early_exit,
-                                 exit_at_layer, final_prediction_prob, generate_at_layer, layer_readers,
+                                 exit_at_layer, final_prediction_prob, generate_at_layer,
                                  minimal_depth, overthinking, paired_speedup, parameter_savings, pareto_front,
                                  per_layer_logits, saturation, savings_table, simulate, summarize, sweep,
                                  sweep_policies)
@@ -327,7 +327,7 @@ def test_truncated_forward_logits_equal_the_full_readout(name, request, text_bat
     full = per_layer_logits(adapter, batch)
     with torch.no_grad():
         hidden = adapter.hidden_states(batch)
-        assert torch.allclose(full, adapter.readout(hidden), atol=1e-6)
+        assert torch.allclose(full, adapter.read(hidden), atol=1e-6)
         own = model(batch) if "vit" in name else model(**batch).logits
     assert torch.allclose(full[-1], own, atol=1e-5)
     for layer in range(1, adapter.num_layers + 1):
@@ -377,18 +377,22 @@ def test_multi_exit_heads_drive_early_exit_and_a_model_without_exits_refuses(vit
     torch.manual_seed(1)
     multi = VisionTransformer(ViTConfig(**{**TINY.__dict__, "multi_exit": True})).eval()
     x = images(10)
-    logits = per_layer_logits(multi, x, heads="own")
     adapter = adapt(multi)
+    heads = ExitHeads.for_adapter(adapter)
+    logits = per_layer_logits(multi, x, reader=heads)
     with torch.no_grad():
-        v = adapter.pool(adapter.hidden_states(x), "cls")
-        assert torch.allclose(logits, ExitHeads.for_adapter(adapter).logits(adapter, v), atol=1e-6)
+        cls = multi.norm(adapter.pool(adapter.hidden_states(x), "cls"))  # by hand: each layer's own head
+        by_hand = torch.stack([h(c) for h, c in zip(list(multi.exit_heads) + [multi.head], cls)])
+        assert torch.allclose(logits, by_hand, atol=1e-6)
         assert not torch.allclose(logits[0], per_layer_logits(multi, x)[0])  # not the shared head
-    real = early_exit(multi, x, ConfidenceExit(0.34), heads="own")
+    real = early_exit(multi, x, ConfidenceExit(0.34), reader=heads)
     assert real.exit_layer.tolist() == simulate(ConfidenceExit(0.34), logits).exit_layer.tolist()
-    for call in (lambda: per_layer_logits(vit, x, heads="own"), lambda: early_exit(vit, x, FixedExit(1), heads="own"),
-                 lambda: layer_readers(vit, heads="own")):
-        with pytest.raises(ValueError, match="no exit heads of its own"):
+    other = adapt(vit)  # heads made for another model are refused
+    for call in (lambda: per_layer_logits(other, x, reader=heads), lambda: early_exit(other, x, FixedExit(1), reader=heads)):
+        with pytest.raises(ValueError, match="made for"):
             call()
+    with pytest.raises(TypeError, match="a reader must be None"):
+        per_layer_logits(multi, x, reader="own")
 
 
 def test_generation_at_the_last_layer_is_the_models_greedy_generation(gpt2):
@@ -504,7 +508,7 @@ def test_wrong_kinds_of_input(vit, gpt2):
         simulate(0.9, synthetic()[0])
     with pytest.raises(ValueError, match="not a causal language model"):
         generate_at_layer(vit, torch.tensor([[1]]), 1)
-    with pytest.raises(NotImplementedError, match="cannot be run block by block"):
+    with pytest.raises(NotImplementedError, match="not stepped block by block"):
         early_exit(gpt2, {"input_ids": torch.tensor([[1, 2]])}, FixedExit(1))
     with pytest.raises(ValueError, match="stop must be a layer in 1..3"):
         adapt(vit).run_blocks(adapt(vit).run_blocks(adapt(vit).begin(images(1)), 1), 0)

@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
-import layersim.models.adapters as adapters_module
+import layersim.models.readers as readers_module
 from layersim.extract import extract, extract_features
 from layersim.models import VisionTransformer, ViTConfig, adapt, load_model, minilm_path
 
@@ -73,7 +73,7 @@ def test_image_extraction_matches_the_model(vit, image_data):
     with torch.no_grad():
         hidden = vit.forward_intermediates(x)
         assert torch.allclose(out.features, hidden[:, :, 0], atol=1e-5)
-        assert torch.allclose(out.logits, vit.readout(hidden), atol=1e-5)
+        assert torch.allclose(out.logits, vit.head(vit.norm(hidden[:, :, 0])), atol=1e-5)  # head(norm(CLS_l)) by hand
         assert torch.allclose(out.logits[-1], vit(x), atol=1e-5)
     assert torch.equal(out.labels, y)
     assert torch.equal(out.preds, out.logits.argmax(-1))
@@ -237,7 +237,7 @@ def test_language_model_tokens(tiny_llama, monkeypatch):
     assert torch.allclose(-out.label_logprob[-1].sum(), torch.stack(losses).sum(), rtol=1e-5)
     assert V == len(adapter.tokenizer)
     # chunked vocabulary readout gives the same numbers as one chunk
-    monkeypatch.setattr(adapters_module, "LOGIT_ELEMENTS_PER_CHUNK", 3 * V)
+    monkeypatch.setattr(readers_module, "LOGIT_ELEMENTS_PER_CHUNK", 3 * V)
     chunked = extract(adapter, TEXTS, pooling="tokens", batch_size=2, progress=False)
     for name in ("preds", "topk_ids", "labels"):
         assert torch.equal(getattr(chunked, name), getattr(out, name)), name
@@ -326,9 +326,9 @@ def test_bad_batch_size_and_labels(vit, image_data):
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             extract(vit, x, batch_size=bad, progress=False)
-    with pytest.raises(TypeError, match="integer class indices"):
+    with pytest.raises(ValueError, match="integer class indices"):
         extract(vit, x, labels=y.float() + 0.5, progress=False)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 6\)"):
         extract(vit, x, labels=y + 6, progress=False)
     nan_images = x.clone()
     nan_images[3, 0, 5, 5] = float("inf")

@@ -82,7 +82,7 @@ def test_next_token_report_against_a_hand_computation():
     with torch.no_grad():
         logits = model(input_ids=ids, output_hidden_states=True)
         hidden = adapter.hidden_states({"input_ids": ids})
-        per_layer = adapter.readout(hidden)[:, :, :-1]  # (L, B, T-1, V): positions with a next token
+        per_layer = adapter.read(hidden).reshape(3, 4, 8, V)  # (L, B, T-1, V): positions with a next token
     targets = ids[:, 1:]
     for l in range(3):
         logp = per_layer[l].log_softmax(-1)

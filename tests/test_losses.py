@@ -23,7 +23,18 @@ def batch(n=6, seed=0):
 
 
 def shared_reader(model):
-    return lambda v: model.head(model.norm(v))
+    return lambda v, layer: model.head(model.norm(v))
+
+
+def exit_reader(model):
+    """Each layer its own head (the last the model's): the multi-exit baseline, written out by hand."""
+    heads = list(model.exit_heads) + [model.head]
+    return lambda v, layer: heads[layer - 1](model.norm(v))
+
+
+def exit_logits(model, x):
+    cls = model.norm(model.forward_intermediates(x)[:, :, 0])
+    return torch.stack([h(c) for h, c in zip(list(model.exit_heads) + [model.head], cls)])
 
 
 # ---- weights -------------------------------------------------------------------------------------------
@@ -102,13 +113,11 @@ def test_standard_is_the_models_own_cross_entropy_and_aligned_with_last_weight_e
 def test_multi_exit_equals_hand_written_mean_over_own_heads():
     model, (x, y) = vit(multi_exit=True), batch()
     cls = model.forward_intermediates(x)[:, :, 0]
-    heads = list(model.exit_heads) + [model.head]
-    readers = [lambda v, h=h: h(model.norm(v)) for h in heads]
-    out = readout_cross_entropy(cls, readers, y, aligned_weights(4, "uniform"))
-    expected = sum(F.cross_entropy(logits, y) for logits in model.exit_logits(x)) / 4
+    out = readout_cross_entropy(cls, exit_reader(model), y, aligned_weights(4, "uniform"))
+    expected = sum(F.cross_entropy(logits, y) for logits in exit_logits(model, x)) / 4
     assert torch.allclose(out.loss, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="expected 4 readers"):
-        readout_cross_entropy(cls, readers[:3], y, aligned_weights(4, "uniform"))
+    with pytest.raises(TypeError, match=r"reader\(v, layer\)"):
+        readout_cross_entropy(cls, [exit_reader(model)], y, aligned_weights(4, "uniform"))
 
 
 # ---- gradients -----------------------------------------------------------------------------------------
@@ -130,15 +139,13 @@ def test_gradients_reach_every_block_and_head_under_multi_exit_not_the_exit_head
     model, (x, y) = vit(multi_exit=True), batch()
     cls = model.forward_intermediates(x)[:, :, 0]
     heads = list(model.exit_heads) + [model.head]
-    readers = [lambda v, h=h: h(model.norm(v)) for h in heads]
-    readout_cross_entropy(cls, readers, y, aligned_weights(4, "uniform")).loss.backward()
+    readout_cross_entropy(cls, exit_reader(model), y, aligned_weights(4, "uniform")).loss.backward()
     assert all(g > 0 for g in _block_grads(model))
     assert all(h.weight.grad is not None and h.weight.grad.norm() > 0 for h in heads)
 
     model, (x, y) = vit(multi_exit=True), batch()
     cls = model.forward_intermediates(x)[:, :, 0]
-    readers = [lambda v, h=h: h(model.norm(v)) for h in list(model.exit_heads) + [model.head]]
-    readout_cross_entropy(cls, readers, y, aligned_weights(4, "last")).loss.backward()
+    readout_cross_entropy(cls, exit_reader(model), y, aligned_weights(4, "last")).loss.backward()
     assert all(h.weight.grad is None for h in model.exit_heads)  # their layers were not read at all
     assert model.head.weight.grad.norm() > 0
 
@@ -157,9 +164,7 @@ def test_aligned_changes_the_gradient_of_the_first_block_standard_does_not_see_i
 # ---- objectives on an adapter --------------------------------------------------------------------------
 class MinimalAdapter:
     """The part of the adapter interface the objectives use, written out for our ViT (independent of
-    layersim.models.adapters), to show the objectives need nothing else."""
-
-    readout_pooling = "cls"
+    layersim.models), to show the objectives need nothing else."""
 
     def __init__(self, model):
         self.model, self.num_layers = model, model.config.depth
@@ -167,25 +172,14 @@ class MinimalAdapter:
     def hidden_states(self, x):
         return self.model.forward_intermediates(x)
 
-    def pool(self, hidden, pooling):
-        assert pooling == "cls"
+    def head_inputs(self, hidden):
         return hidden[:, :, 0]
 
     def targets(self, hidden, labels):
         return labels
 
-    def readout_vectors(self, v, layer=None):
+    def reader(self, v, layer):
         return self.model.head(self.model.norm(v))
-
-
-class MinimalHeads(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.exits = model.exit_heads
-
-    def readers(self, adapter):
-        norm = adapter.model.norm
-        return [lambda v, h=h: h(norm(v)) for h in self.exits] + [adapter.readout_vectors]
 
 
 def test_objective_modules_on_an_adapter():
@@ -195,13 +189,18 @@ def test_objective_modules_on_an_adapter():
     standard = StandardLoss(4)(adapter, hidden, y)
     assert torch.allclose(standard.loss, F.cross_entropy(model(x), y), atol=1e-6)
     aligned = AlignedLoss(4, label_smoothing=0.1)(adapter, hidden, y)
+    readout = model.head(model.norm(hidden[:, :, 0]))
     expected = sum(l / 10 * F.cross_entropy(logits, y, label_smoothing=0.1)
-                   for l, logits in enumerate(model.readout(hidden), start=1))
+                   for l, logits in enumerate(readout, start=1))
     assert torch.allclose(aligned.loss, expected, atol=1e-6)
-    objective = MultiExitLoss(MinimalHeads(model), 4)
+    from layersim.models import ExitHeads, adapt
+
+    objective = MultiExitLoss(ExitHeads.for_adapter(adapt(model)), 4)
     assert {id(p) for p in objective.parameters()} == {id(p) for p in model.exit_heads.parameters()}
     multi = objective(adapter, hidden, y)
-    assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in model.exit_logits(x)) / 4, atol=1e-6)
+    assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in exit_logits(model, x)) / 4, atol=1e-6)
+    with pytest.raises(TypeError, match="must be an ExitHeads"):
+        MultiExitLoss([exit_reader(model)], 4)
     with pytest.raises(ValueError, match="built for 3 layers, the model has 4"):
         AlignedLoss(3)(adapter, hidden, y)
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -241,11 +240,11 @@ def test_objectives_on_every_adapter_family(which):
     standard = make_objective("standard", adapter)(adapter, hidden, y)
     assert torch.allclose(standard.loss, F.cross_entropy(adapter.logits(inputs), y), atol=1e-5)
     aligned = make_objective("aligned", adapter)(adapter, hidden, y)
-    readout = adapter.readout(hidden)  # (L, B, C) the adapter's own per-layer readout
+    readout = adapter.read(hidden)  # (L, B, C) the adapter's own per-layer readout
     expected = sum(2 * l / (L * (L + 1)) * F.cross_entropy(readout[l - 1], y) for l in range(1, L + 1))
     assert torch.allclose(aligned.loss, expected, atol=1e-5)
     heads = ExitHeads.for_adapter(adapter)
     multi = make_objective("multi_exit", adapter, heads=heads)(adapter, hidden, y)
-    exits = heads.logits(adapter, adapter.pool(hidden, adapter.readout_pooling))
+    exits = adapter.read(hidden, reader=heads)
     assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in exits) / L, atol=1e-5)
     assert torch.allclose(exits[-1], readout[-1], atol=1e-6)  # layer L is the model's own head

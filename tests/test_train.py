@@ -140,7 +140,7 @@ def test_train_evaluates_every_layer_and_saved_model_reproduces_it(tmp_path):
     task = T.build_task(result.config)
     images, labels = task.eval_batch(np.arange(len(task.test)))
     with torch.no_grad():
-        readout = result.adapter.readout(result.adapter.hidden_states(images))  # (L, n, C)
+        readout = result.adapter.read(result.adapter.hidden_states(images))  # (L, n, C)
     assert np.allclose(layerwise_accuracy(readout, labels).tolist(), result.layer_acc, atol=1e-9)
     nll = torch.stack([torch.nn.functional.cross_entropy(z, labels) for z in readout])
     assert np.allclose(nll.tolist(), record["layer_nll"], atol=1e-5) and record["test_loss"] == record["layer_nll"][-1]

@@ -40,7 +40,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .models.adapters import LayerAdapter, adapt, eval_mode, layer_indices
+from .metrics.readout import readout_stats
+from .models import LayerAdapter, adapt, eval_mode, layer_indices, read_chunks
 from . import progress as _progress
 from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, file_lock, hash_tensor,
                       remove_folder, stable_hash)
@@ -266,22 +267,6 @@ def _read_entry(folder: Path, key: str, *, mmap: bool, verify: bool) -> dict:
 
 
 # ---- extraction -----------------------------------------------------------------------------------------
-def _readout_stats(logits: torch.Tensor, final_pred: torch.Tensor, labels, topk: int | None) -> dict:
-    """Summaries of one layer's logits (n, C): argmax, prob of the final prediction, top-k, label logprob."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    stats = {"preds": logp.argmax(-1), "final_prob": logp.gather(1, final_pred[:, None])[:, 0].exp()}
-    if topk:
-        values, ids = logp.topk(min(topk, logp.shape[-1]), dim=-1)
-        stats["topk_ids"], stats["topk_probs"] = ids, values.exp()
-    if labels is not None:
-        stats["label_logprob"] = logp.gather(1, labels[:, None].to(logp.device))[:, 0]
-    return stats
-
-
-def _stack(stats_per_layer: list[dict]) -> dict:
-    return {k: torch.stack([s[k] for s in stats_per_layer]) for k in stats_per_layer[0]}
-
-
 def _normed_features(adapter: LayerAdapter, pooled: torch.Tensor, index: list[int], feature_norm) -> torch.Tensor:
     """The features of the selected layers: raw block outputs, all normed (True), or normed at layer L only
     ("hf": as Hugging Face's output_hidden_states, the authors' GPT-2 convention)."""
@@ -305,13 +290,17 @@ def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, rea
         out["labels"] = targets
     if not readout:
         return out
+    # the selected layers, and layer L: the probability of the final prediction needs the model's own answer
+    read = sorted({i + 1 for i in index} | {adapter.num_layers})
+    keep = [read.index(i + 1) for i in index]
+    vectors = adapter.head_inputs(hidden, pooling, layers=read)
     chunks = []
-    for rows, logits, final in adapter.readout_chunks(hidden, pooling, [i + 1 for i in index]):
-        final_pred = final.argmax(-1)
-        chunk_targets = None if targets is None else targets[rows]
-        stats = _stack([_readout_stats(layer_logits, final_pred, chunk_targets, topk) for layer_logits in logits])
+    for rows, logits in read_chunks(adapter.reader, vectors, read):
+        final_pred = logits[-1].argmax(-1)
+        stats = readout_stats(logits[keep], final_pred=final_pred, topk=topk,
+                              targets=None if targets is None else targets[rows])
         if keep_logits:
-            stats["logits"] = logits.to(dtype)
+            stats["logits"] = logits[keep].to(dtype)
         chunks.append(stats)
     out.update({k: torch.cat([c[k] for c in chunks], dim=1) for k in chunks[0]})
     return out

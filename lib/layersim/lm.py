@@ -20,7 +20,7 @@ from .early_exit import SaturationStats, saturation
 
 # The authors' GPT-2 (12 layers) fine-tuned on WikiText-103, next-token accuracy per layer 1..12 on the
 # test split (418,776 tokens) and the fraction of early saturation (PAPER.md). For shape comparison.
-AUTHORS_GPT2 = {
+AUTHORS_GPT2_ACCURACY = {
     "standard": {"accuracy": [.057, .061, .067, .080, .092, .108, .122, .153, .184, .212, .186, .399],
                  "early_saturation": 0.198},
     "aligned": {"accuracy": [.127, .191, .220, .241, .259, .288, .302, .318, .328, .336, .344, .349],

@@ -16,10 +16,10 @@ all weight on the last layer" *is* the standard loss, to the bit).
 
 Two levels, both usable in any training loop:
 
-- plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), readers, targets,
+- plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), reader, targets,
   weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`;
 - objectives on a layersim adapter (our ViT, timm ViT/DeiT, Hugging Face encoders and causal LMs), which
-  only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``readout_vectors(v, layer=l)``,
+  only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``head_inputs``, ``reader``,
   and for multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
 
 >>> hidden = adapter.hidden_states(images)
@@ -28,7 +28,6 @@ Two levels, both usable in any training loop:
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 OBJECTIVES = ("standard", "aligned", "multi_exit")
 WEIGHT_SCHEMES = ("linear", "uniform", "last")
 
-Reader = Callable[[torch.Tensor], torch.Tensor]
+Reader = Callable[[torch.Tensor, int], torch.Tensor]  # reader(v, layer) -> logits (layersim.models.readers)
 
 
 # ---- layer weights -------------------------------------------------------------------------------------
@@ -139,70 +138,58 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
     return (weights.to(per_layer) * per_layer).sum()
 
 
-# above this many logits (layers x samples x classes) a reader that ends in one linear layer is fused with
-# the cross-entropy (layersim.fused_ce): a language model's vocabulary never materialises (L, tokens, V)
+# above this many logits (samples x classes of one layer) a reader that ends in one linear layer is fused with
+# the cross-entropy (layersim.fused_ce): a language model's vocabulary never materialises (tokens, V) at once
 FUSE_ABOVE_ELEMENTS = 2 ** 22
 
 
-def readout_layer_losses(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, *,
-                         label_smoothing: float = 0.0, ignore_index: int = -100,
-                         fused: bool | None = None) -> torch.Tensor:
-    """(L', n, d) vectors read by one `reader` (..., d) -> (..., C) -> (L',) per-layer cross-entropy.
+def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch.Tensor, *,
+               label_smoothing: float = 0.0, ignore_index: int = -100, fused: bool | None = None) -> torch.Tensor:
+    """The cross-entropy of `reader` on (n, d) head inputs of 1-based `layer` -> a scalar.
 
-    This is the one place where logits are formed. When the reader is a `layersim.models.LinearReader`
-    (``linear(pre(v))``: our ViT, timm, causal LMs) and the logits would be large (`FUSE_ABOVE_ELEMENTS`;
-    or ``fused=True``), each layer's loss is a fused, chunked linear + cross-entropy
-    (`layersim.fused_ce.linear_cross_entropy`): peak memory holds one chunk of logits, not L' x n x C.
-    Both paths give the same values and gradients up to float rounding.
+    This is the one place where a loss forms logits. When the reader's last step is one linear layer
+    (``reader.linear(layer)``: our ViT, timm, causal LMs) and the logits would be large (`FUSE_ABOVE_ELEMENTS`;
+    or ``fused=True``), the loss is a fused, chunked linear + cross-entropy (`layersim.fused_ce`): peak memory
+    holds one chunk of logits, not n x C. Both paths give the same values and gradients up to float rounding.
     """
-    linear = getattr(reader, "linear", None)
+    linear = reader.linear(layer) if hasattr(reader, "linear") else None
     if fused is None:
-        fused = linear is not None and vectors.shape[0] * vectors.shape[1] * linear.out_features > FUSE_ABOVE_ELEMENTS
+        fused = linear is not None and vectors.shape[0] * linear.out_features > FUSE_ABOVE_ELEMENTS
     if not fused:
-        return layer_cross_entropy(reader(vectors), targets, label_smoothing=label_smoothing,
-                                   ignore_index=ignore_index)
+        return layer_cross_entropy(reader(vectors, layer)[None], targets, label_smoothing=label_smoothing,
+                                   ignore_index=ignore_index)[0]
     if linear is None:
-        raise ValueError("fused=True needs a reader that ends in one linear layer (layersim.models.LinearReader)")
+        raise ValueError("fused=True needs a reader whose last step is one linear layer (reader.linear(layer))")
     from .fused_ce import linear_cross_entropy
 
-    return torch.stack([linear_cross_entropy(reader.pre(v), linear.weight, linear.bias, targets,
-                                             ignore_index=ignore_index, label_smoothing=label_smoothing)
-                        for v in vectors])
+    return linear_cross_entropy(reader.pre(vectors, layer), linear.weight, linear.bias, targets,
+                                ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
-def readout_cross_entropy(vectors: torch.Tensor, readers: Union[Reader, Sequence[Reader]], targets: torch.Tensor,
-                          weights: torch.Tensor, *, label_smoothing: float = 0.0,
-                          ignore_index: int = -100) -> LayerLoss:
-    """The layer-wise objective on pooled vectors: sum_l weights[l] * CE(readers[l](vectors[l]), targets).
+def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, weights: torch.Tensor, *,
+                          label_smoothing: float = 0.0, ignore_index: int = -100) -> LayerLoss:
+    """The layer-wise objective on head inputs: sum_l weights[l] * CE(reader(vectors[l], l), targets).
 
-    vectors: (L, n, d) one vector per sample and layer (layer-first).
-    readers: one callable for every layer (the shared last-layer classifier: aligned / standard) or a list
-      of L callables (multi-exit heads), each (..., d) -> (..., C).
+    vectors: (L, n, d) one vector per sample and layer (layer-first; ``adapter.head_inputs(hidden)``).
+    reader: ``reader(v, layer) -> logits`` for 1-based layers (``adapter.reader``, the shared last-layer
+      classifier: aligned / standard; an `ExitHeads`: multi-exit; or any callable of that form).
     targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
     Returns a `LayerLoss`.
     """
-    if vectors.dim() != 3:
+    if vectors.dim() < 3:
         raise ValueError(f"expected vectors of shape (layers, samples, width), got {tuple(vectors.shape)}")
+    if not callable(reader):
+        raise TypeError(f"reader must be callable as reader(v, layer), got {type(reader).__name__}")
     L = vectors.shape[0]
     weights = torch.as_tensor(weights, dtype=torch.float32)
     if weights.shape != (L,):
         raise ValueError(f"expected {L} layer weights for vectors of {L} layers, got shape {tuple(weights.shape)}")
-    shared = callable(readers)
-    if not shared:
-        readers = list(readers)
-        if len(readers) != L:
-            raise ValueError(f"expected {L} readers (one per layer), got {len(readers)}")
     selected = [l for l in range(L) if float(weights[l]) != 0.0]
     if not selected:
         raise ValueError("every layer weight is 0: nothing to train")
     per_layer = torch.full((L,), math.nan)
-    kwargs = dict(label_smoothing=label_smoothing, ignore_index=ignore_index)
-    if shared:
-        index = selected if len(selected) < L else slice(None)  # all layers: no copy
-        losses = readout_layer_losses(vectors[index], readers, targets, **kwargs)
-    else:
-        losses = torch.cat([readout_layer_losses(vectors[l:l + 1], readers[l], targets, **kwargs)
-                            for l in selected])
+    losses = torch.stack([layer_loss(vectors[l], reader, l + 1, targets, label_smoothing=label_smoothing,
+                                     ignore_index=ignore_index) for l in selected])
     w = weights[selected].to(device=losses.device, dtype=losses.dtype)
     per_layer[selected] = losses.detach().float().cpu()
     return LayerLoss((w * losses).sum(), per_layer, weights)
@@ -213,9 +200,8 @@ class LayerwiseObjective(nn.Module):
     """Base class: ``objective(adapter, hidden, labels) -> LayerLoss`` for any layersim adapter.
 
     hidden: the ``Hidden`` returned by ``adapter.hidden_states(batch)``; labels: (B,) class labels (ignored
-    by a causal LM, whose targets are the next tokens). The pooled vectors are those of the adapter's own
-    readout (``adapter.pool(hidden, adapter.readout_pooling)``), the targets ``adapter.targets(hidden,
-    labels)``. A subclass says which readers read the layers.
+    by a causal LM, whose targets are the next tokens). The vectors read are what the model's head reads of
+    every layer (``adapter.head_inputs(hidden)``), the targets ``adapter.targets(hidden, labels)``. A subclass says which reader reads the layers.
     """
 
     name = "?"
@@ -231,21 +217,17 @@ class LayerwiseObjective(nn.Module):
     def num_layers(self) -> int:
         return self.weights.numel()
 
-    def readers(self, adapter) -> list:
-        """The model's own last-layer classifier for each layer 1..L (``adapter.head_reader(l)``, equal to
-        ``adapter.readout_vectors(v, layer=l)``; a LinearReader, fusable with the loss, where it can be)."""
-        head_reader = getattr(adapter, "head_reader", None)
-        if head_reader is None:  # a user's own adapter with only readout_vectors
-            return [functools.partial(adapter.readout_vectors, layer=l) for l in range(1, self.num_layers + 1)]
-        return [head_reader(l) for l in range(1, self.num_layers + 1)]
+    def reader(self, adapter):
+        """What reads every layer: the model's own last-layer classifier (``adapter.reader``)."""
+        return adapter.reader
 
     def forward(self, adapter, hidden, labels) -> LayerLoss:
         if adapter.num_layers != self.num_layers:
             raise ValueError(f"this {self.name} objective was built for {self.num_layers} layers, the model has "
                              f"{adapter.num_layers}")
-        vectors = adapter.pool(hidden, adapter.readout_pooling)
+        vectors = adapter.head_inputs(hidden)
         targets = adapter.targets(hidden, labels)
-        return readout_cross_entropy(vectors, self.readers(adapter), targets, self.weights,
+        return readout_cross_entropy(vectors, self.reader(adapter), targets, self.weights,
                                      label_smoothing=self.label_smoothing)
 
 
@@ -270,7 +252,7 @@ class AlignedLoss(LayerwiseObjective):
 
 
 class MultiExitLoss(LayerwiseObjective):
-    """One head per layer (``heads.readers(adapter)``: layers 1..L-1 their own, layer L the model's head),
+    """One head per layer (an `ExitHeads`: layers 1..L-1 their own, layer L the model's head),
     weighted 1/L by default. The heads are a submodule, so ``objective.parameters()`` includes them."""
 
     name = "multi_exit"
@@ -278,12 +260,14 @@ class MultiExitLoss(LayerwiseObjective):
     def __init__(self, heads: nn.Module, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "uniform",
                  *, label_smoothing: float = 0.0):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
-        if not hasattr(heads, "readers"):
-            raise TypeError(f"heads must be an ExitHeads (with .readers(adapter)), got {type(heads).__name__}")
+        from .models import ExitHeads
+
+        if not isinstance(heads, ExitHeads):
+            raise TypeError(f"heads must be an ExitHeads, got {type(heads).__name__}")
         self.heads = heads
 
-    def readers(self, adapter):
-        return self.heads.readers(adapter)
+    def reader(self, adapter):
+        return self.heads
 
 
 def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[float], None] = None,

@@ -26,7 +26,7 @@ from .analysis import (Calibration, LayerSummaries, Overthinking, SaturationStat
                        final_prediction_prob, layerwise_accuracy, minimal_depth, overthinking, saturation,
                        saturation_layer, summarize)
 from .flops import FlopsProfile, count_flops, flop_counter
-from .inference import early_exit, exit_at_layer, generate_at_layer, layer_readers, paired_speedup, per_layer_logits
+from .inference import early_exit, exit_at_layer, generate_at_layer, paired_speedup, per_layer_logits
 from .params import AUTHORS_SAVINGS, NOMINAL_SIZES, ParameterSavings, parameter_savings, savings_table
 from .policies import (POLICIES, ConfidenceExit, EntropyExit, ExitPolicy, ExitResult, FixedExit, PatienceExit,
                        choose_by_accuracy_drop, make_policy, pareto_front, simulate, sweep, sweep_policies)
@@ -35,7 +35,7 @@ from ..models import BlockState
 __all__ = ["Calibration", "LayerSummaries", "Overthinking", "SaturationStats", "as_summaries", "calibration",
            "final_prediction_prob", "layerwise_accuracy", "minimal_depth", "overthinking", "saturation",
            "saturation_layer", "summarize", "FlopsProfile", "count_flops", "flop_counter", "early_exit",
-           "exit_at_layer", "generate_at_layer", "layer_readers", "paired_speedup", "per_layer_logits",
+           "exit_at_layer", "generate_at_layer", "paired_speedup", "per_layer_logits",
            "AUTHORS_SAVINGS", "NOMINAL_SIZES", "ParameterSavings", "parameter_savings", "savings_table", "POLICIES",
            "ConfidenceExit", "EntropyExit", "ExitPolicy", "ExitResult", "FixedExit", "PatienceExit",
            "choose_by_accuracy_drop", "make_policy", "pareto_front", "simulate", "sweep", "sweep_policies",

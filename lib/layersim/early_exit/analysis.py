@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from layersim.metrics import layerwise_accuracy, saturation_layer
+from layersim.metrics.readout import check_labels, readout_stats
 
-__all__ = ["LayerSummaries", "summarize", "as_summaries", "check_labels", "final_prediction_prob",
+__all__ = ["LayerSummaries", "summarize", "as_summaries", "final_prediction_prob",
            "SaturationStats", "saturation", "Overthinking", "overthinking", "minimal_depth", "Calibration",
            "calibration", "layerwise_accuracy", "saturation_layer"]
 
@@ -96,14 +97,7 @@ def _describe(x) -> str:
 
 def _layer_summary(logits: torch.Tensor, final_pred: Optional[torch.Tensor] = None) -> dict:
     """(m, C) logits of one layer -> dict of (m,) preds, confidence, entropy (and final_prob)."""
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    top, preds = logp.max(dim=-1)
-    probs = logp.exp()
-    out = {"preds": preds, "confidence": top.exp(),
-           "entropy": -(probs * logp).nan_to_num(0.0, posinf=0.0, neginf=0.0).sum(-1)}
-    if final_pred is not None:
-        out["final_prob"] = logp.gather(1, final_pred[:, None])[:, 0].exp()
-    return out
+    return readout_stats(logits, final_pred=final_pred, confidence=True)
 
 
 def _as_logits(logits) -> torch.Tensor:
@@ -145,22 +139,6 @@ def as_summaries(outputs) -> LayerSummaries:
     if tensor.dim() == 3:
         return summarize(tensor)
     raise ValueError(f"expected per-layer logits (L, n, C) or integer predictions (L, n), got {_describe(tensor)}")
-
-
-def check_labels(labels, num_samples: int) -> torch.Tensor:
-    """labels (n,) integer class indices -> int64 tensor; a clear error on a length or type mismatch."""
-    labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, (list, tuple)) else labels)
-    if labels.dim() != 1:
-        raise ValueError(f"labels must be a 1-D tensor (n,), got shape {tuple(labels.shape)}")
-    if labels.shape[0] != num_samples:
-        raise ValueError(f"labels hold {labels.shape[0]} samples but the per-layer outputs hold {num_samples}: "
-                         "pass the labels of exactly the samples that were read out, in the same order")
-    if labels.is_floating_point():
-        if not bool((labels == labels.round()).all()):
-            raise ValueError("labels must be integer class indices")
-    elif labels.dtype == torch.bool:
-        raise ValueError("labels must be integer class indices, got a bool tensor")
-    return labels.long()
 
 
 # ---- probability of the final prediction ----------------------------------------------------------------

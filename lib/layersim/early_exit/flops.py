@@ -92,24 +92,24 @@ class FlopsProfile:
         return pd.DataFrame(rows)
 
 
-def count_flops(model, batch, *, heads=None) -> FlopsProfile:
+def count_flops(model, batch, *, reader=None) -> FlopsProfile:
     """FLOPs of the embedding, of every block and of every layer's readout, for `batch`, counted with
     FlopCounterMode on the model's modules during one forward pass (``adapter.hidden_states(batch)``):
     forward hooks on the blocks read the counter's running total as each block starts and ends, so the
     embedding is everything before block 1, and block l what it adds. The readout of every layer is counted
-    on its pooled vectors, one call per layer.
+    on its head inputs, one call per layer.
 
     model: our ViT, a timm ViT/DeiT, a Hugging Face encoder or causal LM, or their adapter.
     batch: what the adapter reads (images, texts, a tokenised dict); FLOPs depend on its size and length.
-    heads: readers of the layers (see `layer_readers`): None for the shared head, "own" or an ExitHeads.
+    reader: what reads the layers: None for the shared head, or an ExitHeads (see `per_layer_logits`).
     -> `FlopsProfile` (batch totals; per-sample costs divide by batch_size, the samples the head reads:
     the inputs of a classifier; for a causal LM the token positions that have a next token, while the
     blocks run on every position).
     """
-    from .inference import layer_readers
+    from .inference import _reader
 
     adapter = adapt(model)
-    readers = layer_readers(adapter, heads) if adapter.has_readout else None
+    reader = _reader(adapter, reader) if adapter.has_readout else None
     blocks = adapter.block_modules()
     starts, block_flops = [None] * len(blocks), [None] * len(blocks)
     with torch.no_grad(), eval_mode(adapter.model), flop_counter() as counter:
@@ -132,9 +132,9 @@ def count_flops(model, batch, *, heads=None) -> FlopsProfile:
                 handle.remove()
     if any(f is None for f in block_flops):
         raise ValueError(f"{adapter.name}: not every block ran in the forward pass; cannot attribute FLOPs")
-    vectors = adapter.pool(hidden, adapter.readout_pooling)  # (L, n, d)
+    vectors = adapter.head_inputs(hidden)  # (L, n, d)
     head_flops = [0] * len(blocks)
-    if readers is not None:
+    if reader is not None:
         with torch.no_grad(), eval_mode(adapter.model):
-            head_flops = [_count(lambda: readers[l](vectors[l]))[0] for l in range(len(blocks))]
+            head_flops = [_count(lambda: reader(vectors[l], l + 1))[0] for l in range(len(blocks))]
     return FlopsProfile(int(starts[0]), block_flops, head_flops, vectors.shape[1], adapter.name)

@@ -11,24 +11,23 @@
 - `paired_speedup(reference, candidate)`: wall-clock speed-up measured as paired ratios in one process.
 
 Readers: by default every layer is read by the model's own last-layer classifier (the paper's shared
-head, ``adapter.readout_vectors``). ``heads=`` takes a multi-exit model's heads instead: an
-`ExitHeads` (``heads.readers(adapter)``), a list of L callables (d -> C), or "own" for the exit heads the
-model carries itself (our ViT built with ``multi_exit=True``).
+head, ``adapter.reader``); ``reader=`` takes another `layersim.models.Reader`, e.g. a multi-exit model's
+`ExitHeads` (``run.heads``, or ``ExitHeads.for_adapter(adapter)`` for our ViT built with ``multi_exit=True``).
 """
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
-import torch.nn as nn
 
-from layersim.models import ExitHeads, adapt, eval_mode
+from layersim.metrics.readout import check_labels, readout_stats
+from layersim.models import adapt, as_reader, eval_mode
 
 from .policies import ExitPolicy, ExitResult
 
-__all__ = ["layer_readers", "per_layer_logits", "exit_at_layer", "early_exit", "generate_at_layer",
+__all__ = ["per_layer_logits", "exit_at_layer", "early_exit", "generate_at_layer",
            "paired_speedup"]
 
 
@@ -39,74 +38,45 @@ def _check_layer(layer, num_layers: int) -> int:
     return layer
 
 
-# ---- readers ---------------------------------------------------------------------------------------------
-def layer_readers(adapter, heads=None) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """L callables, reader l maps (n, d) pooled vectors of layer l to (n, C) logits.
-
-    heads: None -> the model's own last-layer classifier at every layer (shared head);
-    "own" -> the exit heads the model carries (our ViT with multi_exit=True), layer L its own head;
-    an `ExitHeads` -> ``heads.readers(adapter)``; or a sequence of L callables.
-    """
-    adapter = adapt(adapter)
+def _reader(adapter, reader):
     if not adapter.has_readout:
         raise ValueError(f"{adapter.name} has no classification head, so there is nothing to exit with; attach "
-                         "one (e.g. load_model(..., num_labels=2)) or pass heads=ExitHeads.for_adapter(adapter)")
-    if heads is None:
-        return [(lambda v, l=l: adapter.readout_vectors(v, layer=l)) for l in range(1, adapter.num_layers + 1)]
-    if isinstance(heads, str):
-        if heads != "own":
-            raise ValueError(f"heads must be None (shared head), 'own', an ExitHeads or a list of readers, got {heads!r}")
-        if getattr(adapter.model, "exit_heads", None) is None:
-            raise ValueError(f"{adapter.name} has no exit heads of its own, so it has no multi-exit results: build "
-                             "our ViT with ViTConfig(multi_exit=True) and train it, or pass trained heads "
-                             "(heads=ExitHeads), or use heads=None for the shared last-layer classifier")
-        heads = ExitHeads.for_adapter(adapter)
-    readers = heads.readers(adapter) if hasattr(heads, "readers") else list(heads)
-    if len(readers) != adapter.num_layers or not all(callable(r) for r in readers):
-        raise ValueError(f"expected {adapter.num_layers} readers (one per layer), got {len(readers)}")
-    return readers
+                         "one (e.g. load_model(..., num_labels=2)) or pass reader=ExitHeads.for_adapter(adapter)")
+    return as_reader(adapter, reader)
 
 
-def _pool_state(adapter, state) -> torch.Tensor:
-    """(B, d) pooled vectors of the running samples at the state's layer."""
-    return adapter.pool(state.hidden(), adapter.readout_pooling)[0]
-
-
-def per_layer_logits(adapter, batch, *, heads=None) -> torch.Tensor:
-    """(L, B, C) logits of every layer from one full forward, read by the shared head (heads=None) or the
-    exit heads (see `layer_readers`). The rows are what `simulate` and `sweep` take."""
+def per_layer_logits(adapter, batch, *, reader=None) -> torch.Tensor:
+    """(L, B, C) logits of every layer from one full forward, read by `reader` (default the shared head;
+    an `ExitHeads` for a multi-exit model). The rows are what `simulate` and `sweep` take."""
     adapter = adapt(adapter)
-    readers = layer_readers(adapter, heads)
+    reader = _reader(adapter, reader)
     with torch.no_grad(), eval_mode(adapter.model):
-        hidden = adapter.hidden_states(batch)
-        vectors = adapter.pool(hidden, adapter.readout_pooling)
-        return torch.stack([reader(vectors[l]) for l, reader in enumerate(readers)])
+        return adapter.read(adapter.hidden_states(batch), reader=reader)
 
 
 # ---- fixed exit ------------------------------------------------------------------------------------------
-def exit_at_layer(adapter, batch, layer: int, *, heads=None) -> torch.Tensor:
+def exit_at_layer(adapter, batch, layer: int, *, reader=None) -> torch.Tensor:
     """(B, C) logits of the batch read out at `layer` (1..L) by a forward that runs blocks 1..layer only.
 
     Equals the full model's readout at `layer` (``per_layer_logits(adapter, batch)[layer - 1]``); at
-    layer L with heads=None it is the model's own output. heads: see `layer_readers`.
+    layer L with the shared head it is the model's own output. reader: see `per_layer_logits`.
     """
     adapter = adapt(adapter)
     _check_layer(layer, adapter.num_layers)
-    reader = layer_readers(adapter, heads)[layer - 1]
+    reader = _reader(adapter, reader)
     with torch.no_grad(), eval_mode(adapter.model):
         hidden = adapter.hidden_states(batch, upto=layer)
-        vectors = adapter.pool(hidden, adapter.readout_pooling)[-1]
-        return reader(vectors)
+        return adapter.read(hidden, layers=[layer], reader=reader)[0]
 
 
 # ---- per-sample exits ------------------------------------------------------------------------------------
-def early_exit(adapter, batch, policy: ExitPolicy, *, heads=None, labels=None) -> ExitResult:
+def early_exit(adapter, batch, policy: ExitPolicy, *, reader=None, labels=None) -> ExitResult:
     """Per-sample early exit: step the model block by block, read out the running samples after every block
     the policy looks at, and drop those it lets go from the batch.
 
     adapter: our ViT, a timm ViT/DeiT or a Hugging Face encoder (or their adapters). batch: what the adapter
     reads (images (B, C_in, H, W), texts, a tokenised dict). policy: an `ExitPolicy`, e.g.
-    ``ConfidenceExit(0.9)``. heads: see `layer_readers`. labels: (B,) for the accuracy.
+    ``ConfidenceExit(0.9)``. reader: see `per_layer_logits`. labels: (B,) for the accuracy.
     -> `ExitResult` with exit_layer (B,) in 1..L, preds (B,), logits (B, C) at each sample's exit.
     """
     adapter = adapt(adapter)
@@ -114,15 +84,14 @@ def early_exit(adapter, batch, policy: ExitPolicy, *, heads=None, labels=None) -
         raise TypeError(f"policy must be an ExitPolicy (e.g. ConfidenceExit(0.9)), got {type(policy).__name__}")
     num_layers = adapter.num_layers
     policy.check(num_layers)
-    readers = layer_readers(adapter, heads)
+    reader = _reader(adapter, reader)
     with torch.no_grad(), eval_mode(adapter.model):
         state = adapter.begin(batch)
         n = state.tokens.shape[0]
         device = state.tokens.device
         if labels is not None:
-            from .analysis import check_labels
-
-            labels = check_labels(labels, n)
+            labels = check_labels(labels, n, adapter.num_classes, where=f"{adapter.name} has "
+                                  f"{adapter.num_classes} classes")
         exit_layer = torch.zeros(n, dtype=torch.long, device=device)
         logits_out: Optional[torch.Tensor] = None
         pstate = policy.start(n, device=device)
@@ -130,15 +99,10 @@ def early_exit(adapter, batch, policy: ExitPolicy, *, heads=None, labels=None) -
             if not policy.decides_at(layer, num_layers) and layer < num_layers:
                 continue
             state = adapter.run_blocks(state, layer)
-            logits = readers[layer - 1](_pool_state(adapter, state))
+            logits = reader(adapter.state_head_inputs(state), layer)
             if logits_out is None:
                 logits_out = logits.new_zeros(n, logits.shape[-1])
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            stats = {"preds": logp.argmax(-1)}
-            if "confidence" in policy.reads:
-                stats["confidence"] = logp.max(-1).values.exp()
-            if "entropy" in policy.reads:
-                stats["entropy"] = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+            stats = readout_stats(logits, confidence=bool({"confidence", "entropy"} & set(policy.reads)))
             rows = state.index
             stop = policy.exit_now(layer, stats, rows, pstate).to(device)
             if layer == num_layers:
@@ -193,7 +157,8 @@ def generate_at_layer(adapter, prompt, layer: int, *, max_new_tokens: int = 20,
     with torch.no_grad(), eval_mode(adapter.model):
         for _ in range(max_new_tokens):
             hidden = adapter.hidden_states({"input_ids": ids}, upto=layer)
-            token = adapter.readout_vectors(hidden.states[-1, :, -1], layer=layer).argmax(-1)  # (1,)
+            last = adapter.head_inputs(hidden, "last", layers=[layer])[0]  # (1, d): the last position
+            token = adapter.reader(last, layer).argmax(-1)  # (1,)
             ids = torch.cat([ids, token[:, None]], dim=1)
             if eos is not None and int(token) == eos:
                 break

@@ -73,8 +73,8 @@ def parameter_savings(model, *, num_classes: Optional[int] = None, name: Optiona
         raise ValueError(f"num_classes must be a positive integer, got {classes!r}")
     L, d = adapter.num_layers, adapter.width
     params = _unique_params(adapter.model)
-    own_exits = getattr(adapter.model, "exit_heads", None)
-    if isinstance(own_exits, nn.Module):
+    own_exits = adapter.own_exit_heads()
+    if own_exits is not None:
         for p in own_exits.parameters():
             params.pop(id(p), None)
     shared = sum(p.numel() for p in params.values())
@@ -88,15 +88,9 @@ def parameter_savings(model, *, num_classes: Optional[int] = None, name: Optiona
 
 
 def _own_head(adapter):
-    """The model's own final linear classifier (module) and whether its weight is tied to the embedding."""
+    """The model's own final classifier (module) and whether its weight is tied to the input embedding."""
+    head = adapter.classifier_module()
     model = adapter.model
-    head = None
-    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
-        head = model.get_output_embeddings()
-    elif isinstance(getattr(model, "classifier", None), nn.Module):
-        head = model.classifier
-    elif isinstance(getattr(model, "head", None), nn.Module):
-        head = model.head
     tied = False
     if head is not None and hasattr(model, "get_input_embeddings"):
         try:

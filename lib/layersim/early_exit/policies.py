@@ -22,7 +22,9 @@ from typing import Optional, Sequence
 import pandas as pd
 import torch
 
-from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries, check_labels
+from layersim.metrics.readout import check_labels
+
+from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries
 
 __all__ = ["ExitPolicy", "ConfidenceExit", "EntropyExit", "PatienceExit", "FixedExit", "make_policy", "POLICIES",
            "ExitResult", "simulate", "sweep", "sweep_policies", "pareto_front", "choose_by_accuracy_drop"]

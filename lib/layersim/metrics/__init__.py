@@ -36,7 +36,7 @@ Conventions
 from .cka_family import MinibatchCKA, cka, hsic
 from .cos import cos_per_sample, cos_similarity
 from .layerwise import similarity_by_gap, similarity_to_last, trajectory_straightness
-from .readout import layerwise_accuracy, saturation_layer
+from .readout import layerwise_accuracy, readout_stats, saturation_layer
 from .streaming import StreamingCKA, StreamingCOS, StreamingMean
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "hsic",
     "saturation_layer",
     "layerwise_accuracy",
+    "readout_stats",
     "similarity_to_last",
     "similarity_by_gap",
     "trajectory_straightness",

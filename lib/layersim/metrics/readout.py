@@ -12,7 +12,9 @@ import torch
 
 from ._stack import to_tensor
 
-__all__ = ["as_predictions", "check_labels", "saturation_layer", "layerwise_accuracy"]
+__all__ = ["as_predictions", "check_labels", "saturation_layer", "layerwise_accuracy", "readout_stats"]
+
+READOUT_STATS = ("preds", "final_prob", "label_logprob", "confidence", "entropy", "topk")
 
 
 def as_predictions(logits_or_preds, name: str = "logits_or_preds") -> torch.Tensor:
@@ -59,8 +61,12 @@ def check_labels(labels, n: int, num_classes: Optional[int] = None, *, where: st
     only >= 0 is checked). ValueError for another shape, a non-integer dtype (float, bool, complex)
     or a value out of range; ``where`` says in the message where ``num_classes`` came from."""
     labels = to_tensor(labels, name)
-    if labels.ndim != 1 or labels.shape[0] != n:
+    if labels.ndim != 1:
         raise ValueError(f"{name} must have shape (n,) = ({n},); got {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape (n,) = ({n},): {name} hold {labels.shape[0]} samples but the "
+                         f"per-layer outputs hold {n}; pass the labels of exactly the samples that were read out, "
+                         "in the same order")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be integer class indices; got dtype {labels.dtype} (convert with .long())")
     labels = labels.long()
@@ -110,3 +116,39 @@ def layerwise_accuracy(logits_or_preds, labels, *, num_classes: Optional[int] = 
     where = f"C = {classes} classes in the logits" if from_logits is not None else f"num_classes={classes}"
     labels = check_labels(labels, preds.shape[1], classes, where=where).to(preds.device)
     return (preds == labels[None, :]).to(torch.float64).mean(dim=1)
+
+
+def readout_stats(logits: torch.Tensor, *, final_pred: Optional[torch.Tensor] = None,
+                  targets: Optional[torch.Tensor] = None, topk: Optional[int] = None,
+                  confidence: bool = False) -> dict:
+    """Per-sample statistics of one layer's readout: the one function that extraction, training evaluation,
+    early exit and the language-model reports share.
+
+    logits: (..., n, C) (one layer (n, C), or layers stacked first (L, n, C)). Computed from the log-softmax
+    in float32 (float64 logits stay float64). Returns (..., n) tensors:
+    - "preds": the argmax; with `final_pred` (n,) "final_prob": the probability given to the final layer's
+      prediction (the model's own answer, PAPER.md); with `targets` (n,) "label_logprob": the log-probability
+      of the target (its negative is the cross-entropy; perplexity = exp(-mean));
+    - with ``confidence=True`` "confidence" (the top probability) and "entropy" (nats);
+    - with `topk` "topk_ids" and "topk_probs" (..., n, k).
+    """
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    top, preds = logp.max(dim=-1)
+    out = {"preds": preds}
+
+    def gather(index: torch.Tensor) -> torch.Tensor:
+        index = index.to(logp.device).expand(logp.shape[:-1])
+        return logp.gather(-1, index[..., None])[..., 0]
+
+    if final_pred is not None:
+        out["final_prob"] = gather(final_pred).exp()
+    if targets is not None:
+        out["label_logprob"] = gather(targets)
+    if confidence:
+        probs = logp.exp()
+        out["confidence"] = top.exp()
+        out["entropy"] = -(probs * logp).nan_to_num(0.0, posinf=0.0, neginf=0.0).sum(-1)
+    if topk:
+        values, ids = logp.topk(min(topk, logp.shape[-1]), dim=-1)
+        out["topk_ids"], out["topk_probs"] = ids, values.exp()
+    return out

@@ -7,9 +7,11 @@ copied into it (`state_dict_from_timm`) and give the same logits. On top of the 
 what the paper needs:
 
 - ``forward_intermediates(x)``: the tokens after every block, stacked (L, B, T, d), without hooks;
-- ``readout(hidden)``: the final norm and the shared head applied to every block's CLS token, (L, B, C);
 - optional multi-exit heads (``multi_exit=True``): blocks 1..L-1 get a freshly initialised linear head
-  of their own (block L keeps ``head``), read by ``exit_logits(x)`` -> (L, B, C).
+  of their own (block L keeps ``head``), kept here as the saved format of a multi-exit model; they are
+  read through `layersim.models.ExitHeads` (``ExitHeads.for_adapter(adapt(model))``), like any model's.
+
+Every layer is read through the adapter (``adapt(model)``: ``hidden_states``, ``head_inputs``, ``reader``).
 
 Shapes: B batch, T = 1 + number of patches tokens (CLS first), d width, L depth (blocks numbered 1..L),
 C classes.
@@ -176,34 +178,6 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(self.norm(h[:, 0]))
-
-    # ---- per-layer readout ------------------------------------------------------------------------
-    def _cls_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(L, B, T, d) block outputs or (L, B, d) CLS tokens -> (L, B, d) CLS tokens."""
-        if hidden.dim() == 4 and hidden.shape[-1] == self.width:
-            return hidden[:, :, 0]
-        if hidden.dim() == 3 and hidden.shape[-1] == self.width:
-            return hidden
-        raise ValueError(f"expected block outputs of shape (L, batch, tokens, {self.width}) or CLS tokens of "
-                         f"shape (L, batch, {self.width}), got {tuple(hidden.shape)}; "
-                         "pass the output of forward_intermediates(x)")
-
-    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The shared last-layer classifier on every block: head(norm(CLS_l)).
-
-        hidden: (L, B, T, d) from `forward_intermediates` (or (L, B, d) CLS tokens) -> (L, B, C) logits.
-        The last row equals ``forward(x)``.
-        """
-        return self.head(self.norm(self._cls_tokens(hidden)))
-
-    def exit_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Multi-exit model: every block's own head on its normed CLS token. (B, C_in, H, W) -> (L, B, C)."""
-        if self.exit_heads is None:
-            raise ValueError("this model has no multi-exit heads; build it with ViTConfig(multi_exit=True), "
-                             "or use readout() for the shared head")
-        cls = self.norm(self.forward_intermediates(x)[:, :, 0])  # (L, B, d)
-        heads = list(self.exit_heads) + [self.head]
-        return torch.stack([head(cls[l]) for l, head in enumerate(heads)])
 
     # ---- saving ------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

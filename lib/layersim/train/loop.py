@@ -1,7 +1,7 @@
 """The one training loop: any objective, any adapter, one CPU to many GPUs (torchrun + DDP), resumable.
 
 The loop talks to the model only through the adapter interface (``hidden_states``, ``pool``,
-``readout_pooling``, ``targets``, ``readout_vectors``, ``ExitHeads``) and to the data only through the
+``head_inputs``, ``targets``, ``reader``, ``ExitHeads``) and to the data only through the
 `Task` (``train_batch`` / ``eval_batch``); it never asks which family a model is.
 
 Determinism: the data order of epoch e is a permutation seeded by (seed, e); the augmentation of a step
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 
 from ..losses import make_objective
@@ -248,11 +247,11 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
     "test_loss": cross-entropy of the model's own prediction, "n_test": samples (tokens for a language
     model)}; a multi-exit model adds the same for its exit heads ("exit_acc", "exit_nll",
     "exit_saturation_hist", "exit_early_saturation"). The logits are formed in chunks of samples
-    (`LOGIT_ELEMENTS_PER_CHUNK`), so a vocabulary never needs (L, tokens, V) at once. Under torchrun each rank
+    (`layersim.models.read_chunks`), so a vocabulary never needs (L, tokens, V) at once. Under torchrun each rank
     takes samples r, r+W, ... and the counts are all-reduced.
     """
-    from ..models import eval_mode
-    from ..models.adapters import LOGIT_ELEMENTS_PER_CHUNK
+    from ..metrics.readout import readout_stats
+    from ..models import as_reader, eval_mode, read_chunks
 
     dist = dist or Dist(device=adapter.device)
     L = adapter.num_layers
@@ -260,24 +259,18 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
     shared = torch.zeros(3 * L, dtype=torch.float64)
     exits = torch.zeros(3 * L, dtype=torch.float64)
     n = torch.zeros(1, dtype=torch.float64)
-    step = max(1, LOGIT_ELEMENTS_PER_CHUNK // max(1, adapter.num_classes))
+    layers = range(1, L + 1)
     with eval_mode(adapter.model), autocast():
-        readers = heads.readers(adapter) if heads is not None else None
+        readers = [(shared, adapter.reader)] + ([(exits, as_reader(adapter, heads))] if heads is not None else [])
         for start in range(0, len(mine), batch_size):
             inputs, labels = task.eval_batch(mine[start:start + batch_size])
             hidden = adapter.hidden_states(_to_device(inputs, dist.device))
-            vectors = adapter.pool(hidden, adapter.readout_pooling)
+            vectors = adapter.head_inputs(hidden)
             y = adapter.targets(hidden, labels)
-            for rows in range(0, y.numel(), step):
-                part, t = slice(rows, rows + step), y[rows:rows + step]
-                for counts, read in ((shared, lambda l, v: adapter.readout_vectors(v, layer=l + 1)),
-                                     (exits, (lambda l, v: readers[l](v)) if readers is not None else None)):
-                    if read is None:
-                        continue
-                    logits = [read(l, vectors[l, part]).float() for l in range(L)]
-                    preds = torch.stack([z.argmax(-1) for z in logits])
-                    nll = torch.stack([F.cross_entropy(z, t, reduction="none") for z in logits])
-                    counts += _readout_counts(preds, nll, t)
+            for counts, reader in readers:
+                for rows, logits in read_chunks(reader, vectors, layers):
+                    stats = readout_stats(logits, targets=y[rows])
+                    counts += _readout_counts(stats["preds"], -stats["label_logprob"], y[rows])
             n += y.numel()
     totals = dist.sum(torch.cat([shared, exits, n]))
     n = totals[-1].item()

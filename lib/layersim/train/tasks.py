@@ -3,7 +3,7 @@
 `build_task(cfg)` loads the data (`layersim.data`) and the model (`layersim.models`), checks that they
 fit (class count, image channels), and returns a `Task`:
 
-- ``task.adapter``: the model's adapter (hidden_states / pool / targets / readout_vectors);
+- ``task.adapter``: the model's adapter (hidden_states / head_inputs / targets / reader);
 - ``task.train_batch(indices, rank_rows, step_seed)``: the model input and labels of this rank's rows of
   a global batch, augmented with randomness drawn for the *whole* global batch from `step_seed` (so the
   samples get the same augmentation whatever the number of ranks, and on a resumed run);

@@ -1,0 +1,115 @@
+"""Model surgery: where a family keeps its blocks, final norm and head. The one place that knows families.
+
+Free functions over a model, in the manner of tuned-lens's ``model_surgery``. What they find is only a
+claim: every adapter built on them is checked against the model's own output when it is made
+(`layersim.models.selfcheck`), so a family these lookups get wrong is refused, not read wrongly.
+
+Hugging Face families (by where the base model keeps them):
+- blocks: ``layers`` (Llama, Mistral, Qwen, Phi-3, Gemma, GPT-NeoX, ModernBERT), ``h`` (GPT-2, GPT-J, Bloom,
+  Falcon), ``blocks`` (MPT), ``decoder.layers`` (OPT), ``encoder.layer`` (BERT, RoBERTa, ELECTRA, XLM-R),
+  ``transformer.layer`` (DistilBERT), ``encoder.layers``;
+- final norm (pre-norm models): ``ln_f``, ``norm``, ``norm_f``, ``final_layernorm``, ``final_layer_norm``,
+  ``final_norm``, ``decoder.final_layer_norm`` (OPT), and for pre-norm encoders ``LayerNorm``
+  (RoBERTa-PreLayerNorm) and ``encoder.LayerNorm`` (XLM-RoBERTa-XL). Post-norm encoders (BERT family) have none;
+- between the final norm and the LM head: OPT's ``decoder.project_out`` where it exists.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+BLOCK_PATHS = ("layers", "h", "blocks", "decoder.layers", "encoder.layer", "encoder.layers", "transformer.layer",
+               "transformer.h", "layer")
+DECODER_NORM_PATHS = ("ln_f", "norm", "norm_f", "final_layernorm", "final_layer_norm", "final_norm",
+                      "decoder.final_layer_norm")
+ENCODER_NORM_PATHS = ("final_norm", "LayerNorm", "encoder.LayerNorm", "encoder.final_layer_norm")
+
+
+def get_path(module: nn.Module, path: str):
+    """The attribute at dotted `path` of `module`, or None."""
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def find_blocks(base: nn.Module) -> tuple[str, nn.ModuleList] | tuple[None, None]:
+    """(path, ModuleList) of the transformer blocks of a Hugging Face base model, or (None, None)."""
+    for path in BLOCK_PATHS:
+        found = get_path(base, path)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return path, found
+    return None, None
+
+
+def find_final_norm(base: nn.Module, *, encoder: bool) -> tuple[str, nn.Module] | tuple[None, None]:
+    """(path, module) of the final norm applied after the last block, or (None, None) (post-norm)."""
+    for path in ENCODER_NORM_PATHS if encoder else DECODER_NORM_PATHS:
+        found = get_path(base, path)
+        if isinstance(found, nn.Module) and not isinstance(found, (nn.ModuleList, nn.Identity)):
+            return path, found
+    return None, None
+
+
+def find_projection(base: nn.Module) -> tuple[str, nn.Module] | tuple[None, None]:
+    """A projection between the final norm and the LM head (OPT's ``decoder.project_out``), or (None, None)."""
+    found = get_path(base, "decoder.project_out")
+    return ("decoder.project_out", found) if isinstance(found, nn.Module) else (None, None)
+
+
+def logit_rescaling(config) -> str | None:
+    """A description of what the model does to its logits after the LM head, or None when nothing."""
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            return f"{name}={value}"
+    return None
+
+
+def per_layer_attention(config) -> bool:
+    """True when blocks get different attention masks (sliding windows on some layers): such blocks cannot be
+    stepped with the arguments recorded at block 1."""
+    types = getattr(config, "layer_types", None)
+    return bool(types) and len(set(types)) > 1
+
+
+def find_encoder_head(model: nn.Module):
+    """The sequence-classification head of a Hugging Face encoder as ``(function (N, d) -> (N, C), formula,
+    pooling)``; (None, None, None) when the model has no head. The function reads one vector per input (the
+    [CLS] vector, or the pooled vector of `pooling`)."""
+    classifier = getattr(model, "classifier", None)
+    if classifier is None:
+        return None, None, None
+    base = model.base_model
+    pooler = getattr(base, "pooler", None) or getattr(model, "pooler", None)
+    pre = getattr(model, "pre_classifier", None)
+    activation = getattr(base, "pooler_activation", None)
+    mlm_style_head = getattr(model, "head", None)
+    if pooler is not None and activation is not None and isinstance(classifier, nn.Linear):  # ALBERT
+        return (lambda v: classifier(activation(pooler(v)))), "classifier(tanh(pooler(h_l[CLS])))", "cls"
+    if pooler is not None and isinstance(classifier, nn.Linear):  # BERT, MiniLM (pooler: dense + tanh on [CLS])
+        return (lambda v: classifier(pooler(v[:, None, :]))), "classifier(pooler(h_l[CLS]))", "cls"
+    if pre is not None and isinstance(classifier, nn.Linear):  # DistilBERT
+        return (lambda v: classifier(torch.relu(pre(v)))), "classifier(relu(pre_classifier(h_l[CLS])))", "cls"
+    if mlm_style_head is not None and isinstance(classifier, nn.Linear):  # ModernBERT
+        pooling = getattr(model.config, "classifier_pooling", "cls")
+        drop = getattr(model, "drop", nn.Identity())
+        return (lambda v: classifier(drop(mlm_style_head(v)))), f"classifier(head({pooling}(h_l)))", pooling
+    if not isinstance(classifier, nn.Linear):  # RoBERTa, ELECTRA: a head module reading the sequence at [CLS]
+        return (lambda v: classifier(v[:, None, :])), f"{type(classifier).__name__}(h_l[CLS])", "cls"
+    return None, "a linear 'classifier' without a pooler", None
+
+
+def is_encoder_type(model_type: str) -> bool:
+    """True for Hugging Face model types that are bidirectional encoders (they have a masked-LM head)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def is_seq2seq_type(model_type: str) -> bool:
+    """True for Hugging Face model types of encoder-decoder families (T5, BART, ...), even for their encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES

@@ -1,0 +1,404 @@
+"""Adapters for Hugging Face text models: encoders (BERT family, pre-norm encoders, ModernBERT) and causal LMs.
+
+Block outputs are read by the model's own forward: a forward hook on each block records its output, and
+after block `upto` the forward stops (a real truncated forward, whatever the family does between blocks:
+masks, rotary embeddings, per-layer attention). Where the blocks are and what follows them comes from
+`layersim.models.families`; the self-check verifies it against the model's own logits.
+
+The caller's tokenizer is never changed: texts are tokenised without padding and padded here, on the right.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn as nn
+
+from ..storage import stable_hash
+from .base import BlockState, Hidden, LayerAdapter, check_upto
+from .families import (find_blocks, find_encoder_head, find_final_norm, find_projection, logit_rescaling,
+                       per_layer_attention)
+
+
+class _StopForward(Exception):
+    """Raised by a block hook once the blocks asked for have run (or, in ``begin``, at block 1's entry)."""
+
+
+class _HFText(LayerAdapter):
+    """Tokenisation and block reading shared by the Hugging Face adapters. A batch is a list of strings, a list
+    of text pairs, or a dict of tensors (``input_ids``, ``attention_mask``, e.g. a tokenizer's output)."""
+
+    call_kwargs: dict = {}
+
+    def __init__(self, model, tokenizer, *, name=None, final_norm=True, max_length=128):
+        super().__init__(model, name=name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
+                         final_norm=final_norm)
+        self.tokenizer = tokenizer
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
+        self.max_length = max_length
+        self.num_layers = model.config.num_hidden_layers
+        self.width = model.config.hidden_size
+        self.base = model.base_model
+        self.blocks_path, self._blocks = find_blocks(self.base)
+
+    def settings(self) -> dict:
+        tok = self.tokenizer
+        vocab = tokenizer_fingerprint(tok) if tok is not None and hasattr(tok, "backend_tokenizer") else ""
+        return {**super().settings(), "max_length": self.max_length, "tokenizer": type(tok).__name__,
+                "vocab": vocab, "model_class": type(self.model).__name__}
+
+    def structure(self) -> dict:
+        return {**super().structure(), "family": self.model.config.model_type,
+                "blocks at": f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found"}
+
+    # -- inputs
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+            if isinstance(value, int):
+                return value
+        return 0  # padding is masked out: any id will do
+
+    def encode(self, batch) -> dict:
+        """Texts -> dict of (B, T) tensors on the model's device: input_ids, attention_mask (and
+        token_type_ids when the tokenizer makes them, as ``model(**tokenizer(texts))`` would use them).
+
+        batch: a list of strings, a list of (text, text) pairs (e.g. GLUE sentence pairs), or a dict with
+        input_ids (and attention_mask, token_type_ids). Texts are right-padded and truncated to max_length.
+        """
+        if isinstance(batch, str):
+            raise ValueError("expected a list of strings, got a single string; wrap it in a list")
+        is_list = isinstance(batch, (list, tuple)) and len(batch) > 0
+        if is_list and (all(isinstance(s, str) for s in batch) or all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in batch)):
+            if self.tokenizer is None:
+                raise ValueError(f"{self.name} was given texts but has no tokenizer; pass tokenizer=... to adapt()")
+            enc = self._tokenize(batch)
+        elif hasattr(batch, "keys") and "input_ids" in batch:
+            enc = {k: torch.as_tensor(v) for k, v in batch.items()}
+        elif is_list:
+            bad = next((i, s) for i, s in enumerate(batch) if not isinstance(s, str))
+            raise ValueError(f"{self.name} reads text: every item must be a string (or every item a pair of "
+                             f"strings), but item {bad[0]} is {type(bad[1]).__name__} ({bad[1]!r:.40})")
+        else:
+            what = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(f"{self.name} reads text: expected a non-empty list of strings (or of text pairs) or "
+                             f"a dict with 'input_ids', got {what}")
+        ids = enc["input_ids"]
+        if ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(ids.shape)}")
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequences of {ids.shape[1]} tokens exceed the context of {self.name} "
+                             f"({self.max_positions} positions); truncate or split them")
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if vocab is not None and ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}) for {self.name}, got ids up to {int(ids.max())}: "
+                             "was the text tokenised with another tokenizer than the model's?")
+        enc.setdefault("attention_mask", torch.ones_like(ids))
+        for name in ("attention_mask", "token_type_ids"):
+            if name in enc and enc[name].shape != ids.shape:
+                raise ValueError(f"{name} {tuple(enc[name].shape)} does not match input_ids {tuple(ids.shape)}")
+        keep = ("input_ids", "attention_mask", "token_type_ids")
+        return {k: v.to(self.device) for k, v in enc.items() if k in keep}
+
+    def _tokenize(self, batch) -> dict:
+        """Tokenise without padding (the caller's tokenizer keeps its settings), then pad on the right."""
+        pairs = not isinstance(batch[0], str)
+        first = [p[0] for p in batch] if pairs else list(batch)
+        second = [p[1] for p in batch] if pairs else None
+        rows = self.tokenizer(first, second, padding=False, truncation=True, max_length=self.max_length)
+        width = max(len(ids) for ids in rows["input_ids"])
+        pad = {"input_ids": self._pad_id(), "attention_mask": 0, "token_type_ids": 0}
+        return {k: torch.tensor([list(r) + [pad[k]] * (width - len(r)) for r in rows[k]])
+                for k in pad if k in rows}
+
+    @property
+    def max_positions(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2 ** 31
+
+    def probe_batch(self) -> dict:
+        """Two rows of 8 random token ids, the second padded after 5 (own generator: global RNG untouched)."""
+        vocab = min(int(getattr(self.model.config, "vocab_size", 100) or 100), 1000)
+        ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def run_model(self, batch):
+        return self.model(**self.encode(batch), **self.call_kwargs)
+
+    # -- blocks
+    def block_modules(self) -> list[nn.Module]:
+        if self._blocks is None or len(self._blocks) != self.num_layers:
+            raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} blocks as one ModuleList "
+                                      "(e.g. ALBERT shares one layer group): it cannot be run block by block")
+        return list(self._blocks)
+
+    def _block_outputs(self, enc: dict, upto: int) -> list[torch.Tensor]:
+        """The raw outputs of blocks 1..upto, read by hooks on the blocks during the model's own forward,
+        which stops after block `upto`. Without a list of blocks (ALBERT), Hugging Face's hidden states."""
+        if self._blocks is None:
+            out = self.base(**enc, output_hidden_states=True, **self.call_kwargs)
+            return list(out.hidden_states[1:upto + 1])
+        outputs: list = []
+
+        def record(index):
+            def hook(module, args, output):
+                if index != len(outputs):
+                    raise RuntimeError(f"{self.name}: block {index + 1} ran after {len(outputs)} blocks; the "
+                                       "blocks do not run once each in order")
+                outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+                if len(outputs) == upto and upto < self.num_layers:
+                    raise _StopForward
+            return hook
+
+        handles = [block.register_forward_hook(record(i)) for i, block in enumerate(self._blocks)]
+        try:
+            self.base(**enc, **self.call_kwargs)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(outputs) != upto:
+            raise RuntimeError(f"{self.name}: expected {upto} block outputs, the forward gave {len(outputs)}")
+        return outputs
+
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        enc = self.encode(batch)
+        states = self._block_outputs(enc, check_upto(upto, self.num_layers))
+        return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
+
+    def begin(self, batch) -> BlockState:
+        """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
+        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
+        if per_layer_attention(self.model.config):
+            raise NotImplementedError(f"{self.name}: its blocks take different attention masks (sliding windows), "
+                                      "so it cannot be stepped block by block with one set of arguments")
+        first = self.block_modules()[0]
+        enc = self.encode(batch)
+        seen = {}
+
+        def record(module, args, kwargs):
+            seen["args"], seen["kwargs"] = args, dict(kwargs)
+            raise _StopForward
+
+        handle = first.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            self.base(**enc, **self.call_kwargs)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "args" not in seen:
+            raise ValueError(f"{self.name}: the forward pass never reached its first layer")
+        args, kwargs = seen["args"], seen["kwargs"]
+        tokens, rest = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
+        return BlockState(tokens, 0, enc["attention_mask"].bool(), torch.arange(tokens.shape[0], device=tokens.device),
+                          input_ids=enc["input_ids"], block_args=rest, block_kwargs=kwargs)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's vocabulary and rules: equal for tokenizers that encode alike. The padding and
+    truncation state (set by the last call, not part of the vocabulary) is left out."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        for state in ("padding", "truncation"):
+            spec.pop(state, None)
+        return stable_hash(spec)
+    return stable_hash({"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())})
+
+
+class HFEncoder(_HFText):
+    """Adapter for Hugging Face encoders, bare or *ForSequenceClassification: the BERT family (post-norm: no
+    final norm; the head reads [CLS]: BERT ``classifier(pooler(h_l[CLS]))``), pre-norm encoders whose final
+    norm normalises the sequence before the head (RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, ModernBERT) and
+    ModernBERT's head on the [CLS] or mean-pooled normed tokens."""
+
+    settable_readout_poolings = ("cls", "mean")
+
+    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 128,
+                 readout_pooling: str | None = None):
+        super().__init__(model, tokenizer, name=name, final_norm=final_norm, max_length=max_length)
+        self._sequence_head, self.head_formula, own_pooling = find_encoder_head(model)
+        if self._sequence_head is None and self.head_formula is not None:
+            raise ValueError(f"don't know how {type(model).__name__} turns hidden states into logits "
+                             f"({self.head_formula}); write a LayerAdapter subclass for it")
+        self.num_classes = model.config.num_labels if self._sequence_head is not None else None
+        self.norm_path, self.norm_module = find_final_norm(self.base, encoder=True)
+        self.has_final_norm = self.norm_module is not None
+        self.norm_before_pool = self.has_final_norm  # the model normalises the whole sequence, then its head pools
+        self.own_pooling = own_pooling or "cls"
+        self.readout_pooling = self.own_pooling
+        if readout_pooling is not None:
+            self.set_readout_pooling(readout_pooling, check=False)
+
+    def set_readout_pooling(self, pooling: str, *, check: bool = True) -> "HFEncoder":
+        allowed = ("cls", "mean")
+        if pooling not in allowed:
+            raise ValueError(f"the head of {self.name} can read pooling 'cls' or 'mean', not {pooling!r}")
+        self.readout_pooling = pooling
+        if check:
+            self.self_check()
+        return self
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out.pop("readout_pooling", None)
+        if self.readout_pooling != self.own_pooling:
+            out["readout_pooling"] = self.readout_pooling
+        return out
+
+    def readout_formula(self) -> str:
+        formula = self.head_formula or "no head"
+        if self.readout_pooling != self.own_pooling:
+            formula += f", reading the {self.readout_pooling}-pooled h_l"
+        if self.has_final_norm:
+            return formula + f" after the final norm {self.norm_path} (pre-norm encoder)" + (
+                "" if self.final_norm else "; final norm skipped for l < L")
+        return formula + " (post-norm encoder: no final norm)"
+
+    def norm(self, h):
+        return self.norm_module(h) if self.norm_module is not None else h
+
+    def logits(self, batch) -> torch.Tensor:
+        """The model's prediction (B, C): its own forward, or with a switched readout pooling the head on
+        that pooling of the last layer."""
+        self._require_readout()
+        if self.readout_pooling == self.own_pooling:
+            return self.model(**self.encode(batch)).logits
+        hidden = self.hidden_states(batch)
+        return self.reader(self.head_inputs(hidden, layers=[self.num_layers])[0], self.num_layers)
+
+    def classifier_module(self):
+        return getattr(self.model, "classifier", None)
+
+    def _head(self, normed):
+        logits = self._sequence_head(normed)
+        if logits.shape != (normed.shape[0], self.num_classes):
+            raise ValueError(f"the head of {type(self.model).__name__} ({self.head_formula}) gave shape "
+                             f"{tuple(logits.shape)}, not (batch, {self.num_classes}): this model family is not "
+                             "supported; write a LayerAdapter subclass for it")
+        return logits
+
+
+class HFCausalLM(_HFText):
+    """Adapter for Hugging Face causal LMs (GPT-2, Llama-style incl. SmolLM2, GPT-NeoX, OPT, MPT, ...).
+
+    Every token position is a sample (pooling "tokens", the readout pooling); its target is the next token.
+    Readout of layer l: ``lm_head(norm(h_l))`` with the model's final norm (``ln_f`` for GPT-2, ``norm`` for
+    Llama, ...; OPT's ``project_out`` after it where it has one) when ``final_norm=True`` (default);
+    ``lm_head(h_l)`` for l < L when False, as the authors' GPT-2 code (layer L is always the model's own
+    prediction). `norm=` names the final norm where the lookup does not find it.
+    """
+
+    has_class_token = False
+    readout_pooling = "tokens"
+    vocabulary_readout = True
+    call_kwargs = {"use_cache": False}
+
+    def __init__(self, model, tokenizer=None, *, name=None, final_norm: bool = True, max_length: int = 256,
+                 norm: nn.Module | None = None):
+        super().__init__(model, tokenizer, name=name, final_norm=final_norm, max_length=max_length)
+        if norm is None:
+            self.norm_path, norm = find_final_norm(self.base, encoder=False)
+        else:
+            self.norm_path = "norm (given)"
+        self.norm_module = norm
+        self.has_final_norm = norm is not None
+        self.projection_path, self.projection = find_projection(self.base)
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if self.head is None:
+            raise ValueError(f"{type(model).__name__} has no language-model head (get_output_embeddings() is "
+                             "None); load it with AutoModelForCausalLM, not AutoModel")
+        rescaling = logit_rescaling(model.config)
+        if rescaling is not None:
+            raise ValueError(f"{type(model).__name__} rescales its logits after lm_head ({rescaling}), which this "
+                             "adapter does not reproduce; write a LayerAdapter subclass")
+        self.num_classes = self.head.out_features
+        if tokenizer is not None and len(tokenizer) > self.num_classes:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {self.name} reads out only "
+                             f"{self.num_classes}: they do not belong together")
+
+    @property
+    def poolings(self) -> tuple:
+        return ("mean", "last", "tokens")
+
+    @property
+    def readout_poolings(self) -> tuple:
+        return ("tokens", "last")
+
+    def head_pooling(self, pooling: str) -> str:
+        return pooling  # the LM head reads each token that is a sample
+
+    def check_pooling(self, pooling: str) -> None:
+        from .base import check_pooling
+
+        check_pooling(pooling)
+        if pooling == "cls":
+            raise ValueError("a causal language model has no CLS token (its first token sees only itself); "
+                             "use pooling='last', 'mean' or 'tokens'")
+
+    def check_readout_pooling(self, pooling: str) -> None:
+        self.check_pooling(pooling)
+        if pooling not in self.readout_poolings:
+            raise ValueError("a language model reads out one token at a time: use pooling='tokens' or 'last' "
+                             "with readout, or readout=False")
+
+    def readout_formula(self) -> str:
+        head = f"lm_head({self.projection_path}(·))" if self.projection is not None else "lm_head(·)"
+        if not self.has_final_norm:
+            return head.replace("·", "h_l") + " (no final norm)"
+        normed = head.replace("·", f"{self.norm_path}(h_l)")
+        if self.final_norm:
+            return normed
+        return (f"{head.replace('·', 'h_l')} ({self.norm_path} skipped) for l < L, "
+                f"{normed.replace('h_l', 'h_L')} for l = L")
+
+    def structure(self) -> dict:
+        return {**super().structure(), "final norm at": self.norm_path, "head": "lm_head"
+                + (f" after {self.projection_path}" if self.projection is not None else "")}
+
+    def sample_mask(self, hidden: Hidden, pooling: str) -> torch.Tensor:
+        """(B, T) bool: real positions whose next position is real too (each has a next-token target)."""
+        mask = hidden.mask
+        return torch.cat([mask[:, :-1] & mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+
+    def next_tokens(self, hidden: Hidden) -> torch.Tensor:
+        """(n_tokens,) the target (next token) of every sample of pooling='tokens', in the same order."""
+        targets = torch.cat([hidden.input_ids[:, 1:], hidden.input_ids[:, :1]], dim=1)
+        return targets[self.sample_mask(hidden, "tokens")]
+
+    def targets(self, hidden: Hidden, labels=None, pooling: str | None = None) -> torch.Tensor | None:
+        """The next token of every sample for pooling 'tokens' (the default); None for other poolings,
+        whose next token is unknown. `labels` are ignored: the text is its own target."""
+        return self.next_tokens(hidden) if (pooling or self.readout_pooling) == "tokens" else None
+
+    def logits(self, batch) -> torch.Tensor:
+        """(B, T, V): the model's own next-token logits at every position."""
+        return self.model(**self.encode(batch), use_cache=False).logits
+
+    def norm(self, h):
+        return self.norm_module(h) if self.norm_module is not None else h
+
+    def begin(self, batch) -> BlockState:
+        raise NotImplementedError(f"{self.name} is a causal LM: it is not stepped block by block (per-sample "
+                                  "exits); for a fixed exit layer use hidden_states(batch, upto=l)")
+
+    def head_linear(self):
+        return self.head if isinstance(self.head, nn.Linear) else None
+
+    def classifier_module(self):
+        return self.head
+
+    def _pre_linear(self, normed):
+        return self.projection(normed) if self.projection is not None else normed
+
+    def _head(self, normed):
+        return self.head(self._pre_linear(normed))
