@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 from ..storage import clean_leftovers
 from .gallery import install_mathjax, write_index
 from .jobs import _run_all
-from .profiles import PROFILES, ProfileError, check_profile_name, default_notebooks_dir, default_results_dir, list_notebooks, plan
+from .profiles import (PROFILES, ProfileError, check_profile_name, default_notebooks_dir, default_results_dir,
+                       list_notebooks, plan)
 from .report import write_report
 from .results import INDEX_FILE, MATHJAX_DIR, REPORT_FILE, last_results
 
