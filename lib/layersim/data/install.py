@@ -13,8 +13,9 @@ from .common import OFFLINE_PACKAGES
 from .images import _FMNIST_FILES, _find_idx, fashion_mnist_folders, load_digits, load_fashion_mnist
 from .text import load_english_corpus, load_rotten_tomatoes
 
+
 # ----------------------------------------------------------------------------------------------
-# cache folder and installing the offline sources
+# installing the offline sources
 def _installed_version(dist: str) -> Optional[str]:
     from importlib import metadata
 

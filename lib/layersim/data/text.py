@@ -20,6 +20,7 @@ import torch
 
 from .common import OFFLINE_PACKAGES, SourceNotFoundError, TextData, _check_count, _split_indices, _subsample
 
+
 # ----------------------------------------------------------------------------------------------
 # Text files: read by path, decoded strictly as UTF-8 (a file that is not says which one it is)
 def _read_text(path: Path) -> str:
