@@ -1,7 +1,7 @@
 """What a notebook records: its key numbers, the paper's claims as numeric checks, its figures.
 
-A notebook creates ``rec = Recorder(output_dir, "02_cos_vs_cka")`` and calls
-``rec.number(...)``, ``rec.check_claim(...)`` and ``rec.figure(...)``. Everything lands in
+A notebook gets its ``rec = Recorder(output_dir, "02_cos_vs_cka")`` from `layersim.experiments.start`
+and calls ``rec.number(...)``, ``rec.check_claim(...)`` and ``rec.figure(...)``. Everything lands in
 ``<output_dir>/metrics.json`` (rewritten atomically after every call, so an interrupted notebook
 leaves a valid file) and the figures as PNG and PDF beside it. The batch runner
 (`layersim.runner`) collects these files into REPORT.md.
