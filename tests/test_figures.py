@@ -306,3 +306,13 @@ def test_recipe_names():
     for bad in ([], [3], None, [""]):
         with pytest.raises(ValueError, match="recipes must be a non-empty list of training recipe names"):
             experiments.recipe_names(bad)
+
+
+# ---- a notebook's set-up ----------------------------------------------------------------------------------------
+def test_start_gives_the_recorder_and_the_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSIM_CACHE", str(tmp_path / "cache"))
+    rec, cache_dir = experiments.start(tmp_path / "out", "07_aligned_accuracy", use_cache=True)
+    assert rec.data["notebook"] == "07_aligned_accuracy" and (tmp_path / "out" / "metrics.json").exists()
+    assert cache_dir == tmp_path / "cache" / "features"
+    _, no_cache = experiments.start(tmp_path / "out", "07_aligned_accuracy", use_cache=False)
+    assert no_cache is None
