@@ -13,6 +13,9 @@ from .common import OFFLINE_PACKAGES
 from .images import _FMNIST_FILES, _find_idx, fashion_mnist_folders, load_digits, load_fashion_mnist
 from .text import load_english_corpus, load_rotten_tomatoes
 
+# what `python -m layersim.data --help` says: the first sentence of the package's docstring
+DESCRIPTION = "Image and text sources with deterministic splits, and the text pipeline of the language models."
+
 
 # ----------------------------------------------------------------------------------------------
 # installing the offline sources
@@ -54,9 +57,7 @@ def install_offline_sources(*, apt: bool = True, quiet: bool = True) -> list:
 
 
 def main(argv=None) -> int:
-    from .. import data  # the command describes itself with the first paragraph of the package's docstring
-
-    p = argparse.ArgumentParser(prog="python -m layersim.data", description=data.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m layersim.data", description=DESCRIPTION)
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("install", help="install the offline data sources that are missing")
     i.add_argument("--no-apt", action="store_true", help="do not try apt-get for Fashion-MNIST")
