@@ -10,13 +10,13 @@ PROFILE ?= default
 .PHONY: figures test smoke setup lab clean-results
 
 figures: setup
-	$(PY) -m layersim.regenerate --profile $(PROFILE)
+	$(PY) -m layersim.runner --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -q
 
 smoke: setup
-	$(PY) -m layersim.regenerate --profile smoke
+	$(PY) -m layersim.runner --profile smoke
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

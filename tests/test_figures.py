@@ -1,6 +1,7 @@
-"""layersim.figures: trained models read out on their test split, the PCA of class means, grouping by
-saturation layer, the per-exit table, measured exits. Trainings here are tiny (our ViT of width 16 on 8x8
-scikit-learn digits, a second or two each) and live in a temporary cache."""
+"""layersim.experiments (trained, representations, timing) and metrics.spearman: trained models read out
+on their test split, the PCA of class means, grouping by saturation layer, the per-exit table, measured
+exits. Trainings here are tiny (our ViT of width 16 on 8x8 scikit-learn digits, a second or two each) and
+live in a temporary cache."""
 import logging
 import warnings
 
@@ -13,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from layersim import figures  # noqa: E402
+from layersim import experiments, metrics  # noqa: E402
 from layersim.early_exit import ConfidenceExit, per_layer_logits, simulate  # noqa: E402
 from layersim.metrics import layerwise_accuracy  # noqa: E402
 from layersim.models import VisionTransformer, ViTConfig, adapt  # noqa: E402
@@ -31,7 +32,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, one_thread():
         mp.setenv("LAYERSIM_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.setenv("LAYERSIM_PROGRESS", "off")
-        yield figures.train_models("vit-fashion-mnist", overrides=TINY, device="cpu")
+        yield experiments.train_models("vit-fashion-mnist", overrides=TINY, device="cpu")
 
 
 # ---- trained models and their readout -----------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_train_models_trains_each_objective_once_and_reads_the_cache_after(train
     assert trained["multi_exit"].heads is not None and trained["aligned"].heads is None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERSIM_CACHE", str(trained["aligned"].dir.parent.parent))
-        again = figures.train_models("vit-fashion-mnist", ["aligned"], overrides=TINY, device="cpu")["aligned"]
+        again = experiments.train_models("vit-fashion-mnist", ["aligned"], overrides=TINY, device="cpu")["aligned"]
     assert not again.trained and again.dir == trained["aligned"].dir
     for a, b in zip(again.model.state_dict().values(), trained["aligned"].model.state_dict().values()):
         assert torch.equal(a, b)
@@ -49,7 +50,7 @@ def test_train_models_trains_each_objective_once_and_reads_the_cache_after(train
 
 def test_readout_reproduces_the_training_loops_evaluation(trained):
     for objective, run in trained.items():
-        r = figures.run_readout(run, batch_size=100)
+        r = experiments.run_readout(run, batch_size=100)
         assert r.objective == objective and r.name == f"vit-fashion-mnist ({objective})"
         assert r.features.shape == (3, r.num_samples, 16) and r.logits.shape == (3, r.num_samples, 10)
         assert r.num_samples == run.log[-1]["n_test"]
@@ -65,9 +66,9 @@ def test_readout_reproduces_the_training_loops_evaluation(trained):
 
 def test_readout_features_are_the_pooled_block_outputs_and_logits_the_shared_head(trained):
     run = trained["aligned"]
-    r = figures.run_readout(run, n=20, batch_size=7)
+    r = experiments.run_readout(run, n=20, batch_size=7)
     assert r.num_samples == 20
-    images, labels = figures.run_inputs(run, range(20))
+    images, labels = experiments.run_inputs(run, range(20))
     assert torch.equal(labels, r.labels)
     with torch.no_grad():
         hidden = run.adapter.hidden_states(images)
@@ -80,16 +81,16 @@ def test_readout_features_are_the_pooled_block_outputs_and_logits_the_shared_hea
 
 def test_exit_logits_are_the_multi_exit_heads(trained):
     run = trained["multi_exit"]
-    r = figures.run_readout(run, n=16)
-    images, _ = figures.run_inputs(run, range(16))
+    r = experiments.run_readout(run, n=16)
+    images, _ = experiments.run_inputs(run, range(16))
     expected = per_layer_logits(run.adapter, images, heads="own")
     torch.testing.assert_close(r.exit_logits, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r.exit_logits[-1], r.logits[-1])  # layer L: the model's own head either way
 
 
 def test_readout_cache_returns_the_same_numbers(trained, tmp_path):
-    first = figures.run_readout(trained["standard"], n=30, cache_dir=tmp_path)
-    second = figures.run_readout(trained["standard"], n=30, cache_dir=tmp_path)
+    first = experiments.run_readout(trained["standard"], n=30, cache_dir=tmp_path)
+    second = experiments.run_readout(trained["standard"], n=30, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) >= 1
     assert torch.equal(first.features, second.features) and torch.equal(first.logits, second.logits)
 
@@ -97,24 +98,24 @@ def test_readout_cache_returns_the_same_numbers(trained, tmp_path):
 def test_bad_requests_say_what_is_wrong(trained):
     run = trained["standard"]
     with pytest.raises(ValueError, match="the test split of vit-fashion-mnist has only"):
-        figures.run_readout(run, n=10_000)
+        experiments.run_readout(run, n=10_000)
     with pytest.raises(ValueError, match="n must be a whole number >= 0"):
-        figures.run_readout(run, n=-1)
+        experiments.run_readout(run, n=-1)
     with pytest.raises(ValueError, match="indices must lie in 0.."):
-        figures.run_inputs(run, [0, 5000])
+        experiments.run_inputs(run, [0, 5000])
     with pytest.raises(ValueError, match="objectives must be a non-empty list"):
-        figures.train_models("vit-fashion-mnist", ["aligend"], overrides=TINY)
+        experiments.train_models("vit-fashion-mnist", ["aligend"], overrides=TINY)
     with pytest.raises(TypeError, match="objectives must be a list"):
-        figures.train_models("vit-fashion-mnist", "aligned", overrides=TINY)
+        experiments.train_models("vit-fashion-mnist", "aligned", overrides=TINY)
     with pytest.raises(ValueError, match="must not set 'objective'"):
-        figures.train_models("vit-fashion-mnist", ["aligned"], overrides={**TINY, "objective": "aligned"})
+        experiments.train_models("vit-fashion-mnist", ["aligned"], overrides={**TINY, "objective": "aligned"})
     with pytest.raises(ValueError, match="reader must be 'shared' or 'exit'"):
-        figures.run_readout(run, n=5).accuracy("own")
+        experiments.run_readout(run, n=5).accuracy("own")
 
 
 def test_exit_accuracy_table_rows_and_values(trained):
-    reads = {obj: figures.run_readout(run, n=50) for obj, run in trained.items()}
-    table = figures.exit_accuracy_table(reads)
+    reads = {obj: experiments.run_readout(run, n=50) for obj, run in trained.items()}
+    table = experiments.exit_accuracy_table(reads)
     assert list(table["reader"]) == ["shared head", "shared head", "own heads", "shared head"]
     assert list(table["classifiers"]) == [1, 1, 3, 1]
     own = table[table["reader"] == "own heads"].iloc[0]
@@ -122,17 +123,18 @@ def test_exit_accuracy_table_rows_and_values(trained):
     aligned = table[table["objective"] == "aligned"].iloc[0]
     assert [aligned[l] for l in (1, 2, 3)] == pytest.approx(reads["aligned"].accuracy().tolist())
     with pytest.raises(TypeError, match="must be a RunReadout"):
-        figures.exit_accuracy_table({"aligned": "not a readout"})
+        experiments.exit_accuracy_table({"aligned": "not a readout"})
     with pytest.raises(ValueError, match="non-empty dict"):
-        figures.exit_accuracy_table({})
+        experiments.exit_accuracy_table({})
 
 
 def test_hand_made_readout_accuracy():
     logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]],
                            [[0.0, 2.0], [0.0, 1.0], [3.0, 0.0]]])  # (L=2, n=3, C=2)
-    r = figures.RunReadout("toy", "aligned", torch.zeros(2, 3, 4), logits, None, torch.tensor([1, 1, 0]), ["a", "b"])
+    r = experiments.RunReadout("toy", "aligned", torch.zeros(2, 3, 4), logits, None, torch.tensor([1, 1, 0]),
+                               ["a", "b"])
     assert r.accuracy().tolist() == pytest.approx([2 / 3, 1.0])
-    table = figures.exit_accuracy_table({"aligned": r})
+    table = experiments.exit_accuracy_table({"aligned": r})
     assert table.loc[0, 1] == pytest.approx(2 / 3) and table.loc[0, 2] == pytest.approx(1.0)
 
 
@@ -151,7 +153,7 @@ def _planted(L=3, C=4, d=6, per_class=25, seed=0):
 
 def test_class_mean_pca_matches_an_svd_of_the_class_means():
     feats, labels, means = _planted()
-    pca = figures.class_mean_pca(feats, labels)
+    pca = experiments.class_mean_pca(feats, labels)
     assert pca.means.shape == (3, 4, 2) and pca.components.shape == (3, 2, 6)
     torch.testing.assert_close(pca.explained.sum(1), torch.ones(3, dtype=torch.float64))  # the means span a plane
     for l in range(3):
@@ -168,7 +170,7 @@ def test_class_mean_pca_matches_an_svd_of_the_class_means():
 
 def test_class_mean_pca_signs_follow_the_next_layer_and_transform_maps_the_means():
     feats, labels, means = _planted(L=4, seed=3)
-    pca = figures.class_mean_pca(feats, labels)
+    pca = experiments.class_mean_pca(feats, labels)
     for l in range(3):
         assert ((pca.means[l] * pca.means[l + 1]).sum(0) >= 0).all()
     torch.testing.assert_close(pca.transform(means), pca.means)  # (L, C, d) means as samples
@@ -180,70 +182,70 @@ def test_class_mean_pca_signs_follow_the_next_layer_and_transform_maps_the_means
 def test_class_mean_pca_rejects_bad_input():
     feats, labels, _ = _planted()
     with pytest.raises(ValueError, match="at least 2 classes"):
-        figures.class_mean_pca(feats, torch.zeros_like(labels))
+        experiments.class_mean_pca(feats, torch.zeros_like(labels))
     with pytest.raises(ValueError, match="num_components must be an integer in 1..3"):
-        figures.class_mean_pca(feats, labels, num_components=4)
+        experiments.class_mean_pca(feats, labels, num_components=4)
     with pytest.raises(ValueError, match=r"labels must be \(n,\)"):
-        figures.class_mean_pca(feats, labels[:-1])
+        experiments.class_mean_pca(feats, labels[:-1])
     with pytest.raises(ValueError, match="must be \\(L, n, d\\)"):
-        figures.class_mean_pca(feats[0], labels)
+        experiments.class_mean_pca(feats[0], labels)
     bad = feats.clone()
     bad[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
-        figures.class_mean_pca(bad, labels)
+        experiments.class_mean_pca(bad, labels)
     with pytest.raises(TypeError, match="integer class indices"):
-        figures.class_mean_pca(feats, labels.double())
+        experiments.class_mean_pca(feats, labels.double())
     with pytest.raises(ValueError, match=r"features must be \(L, n, d\)"):
-        figures.class_mean_pca(feats, labels).transform(feats[:, :, :3])
+        experiments.class_mean_pca(feats, labels).transform(feats[:, :, :3])
 
 
 def test_plot_class_means_draws_one_point_per_class():
     feats, labels, _ = _planted()
-    pca = figures.class_mean_pca(feats, labels)
+    pca = experiments.class_mean_pca(feats, labels)
     fig, ax = plt.subplots()
-    figures.plot_class_means(ax, pca, 2, samples=feats[:, :10], sample_labels=labels[:10], classes=list("abcd"),
+    experiments.plot_class_means(ax, pca, 2, samples=feats[:, :10], sample_labels=labels[:10], classes=list("abcd"),
                              legend=True)
     assert len(ax.collections) == 1 + 4  # the samples, then one mean per class
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list("abcd")
     assert ax.get_title() == "layer 2"
     with pytest.raises(ValueError, match="layer must be an integer in 1..3"):
-        figures.plot_class_means(ax, pca, 0)
+        experiments.plot_class_means(ax, pca, 0)
     plt.close(fig)
 
 
 def test_pick_layers():
-    assert figures.pick_layers(6) == [1, 2, 3, 4, 5, 6]
-    twelve = figures.pick_layers(12, 8)
+    assert experiments.pick_layers(6) == [1, 2, 3, 4, 5, 6]
+    twelve = experiments.pick_layers(12, 8)
     assert twelve[0] == 1 and twelve[-1] == 12 and len(twelve) == 8 and twelve == sorted(set(twelve))
-    assert figures.pick_layers(30, 1) == [30]
+    assert experiments.pick_layers(30, 1) == [30]
     with pytest.raises(ValueError, match="max_panels must be a positive integer"):
-        figures.pick_layers(6, 0)
+        experiments.pick_layers(6, 0)
 
 
 # ---- grouping and rank correlation -------------------------------------------------------------------------
 def test_mean_by_group_averages_each_group_and_marks_empty_ones():
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])  # (L=2, n=4)
-    means, counts = figures.mean_by_group(values, torch.tensor([1, 3, 1, 3]), 3)
+    means, counts = experiments.mean_by_group(values, torch.tensor([1, 3, 1, 3]), 3)
     assert counts.tolist() == [2, 0, 2]
     assert means[0].tolist() == [2.0, 20.0] and means[2].tolist() == [3.0, 30.0]
     assert torch.isnan(means[1]).all()
     with pytest.raises(ValueError, match="groups must be numbered 1..3"):
-        figures.mean_by_group(values, torch.tensor([0, 1, 2, 3]), 3)
+        experiments.mean_by_group(values, torch.tensor([0, 1, 2, 3]), 3)
     with pytest.raises(ValueError, match="float"):
-        figures.mean_by_group(values.long(), torch.tensor([1, 1, 1, 1]), 3)
+        experiments.mean_by_group(values.long(), torch.tensor([1, 1, 1, 1]), 3)
 
 
 def test_spearman_equals_scipy_and_is_nan_without_a_warning_when_undefined():
     x, y = np.array([1, 2, 3, 4, 5.0]), np.array([2, 1, 4, 3, 5.0])
-    assert figures.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
-    assert figures.spearman(torch.tensor(x), torch.tensor(-y)) == pytest.approx(-spearmanr(x, y).statistic)
+    assert metrics.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert metrics.spearman(torch.tensor(x), torch.tensor(-y)) == pytest.approx(-spearmanr(x, y).statistic)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isnan(figures.spearman([1, 1, 1], [1, 2, 3]))
-        assert np.isnan(figures.spearman([1], [2]))
-        assert np.isnan(figures.spearman([1, 2, float("nan")], [1, 2, 3]))
+        assert np.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
+        assert np.isnan(metrics.spearman([1], [2]))
+        assert np.isnan(metrics.spearman([1, 2, float("nan")], [1, 2, 3]))
     with pytest.raises(ValueError, match="same length"):
-        figures.spearman([1, 2], [1, 2, 3])
+        metrics.spearman([1, 2], [1, 2, 3])
 
 
 # ---- measured exits --------------------------------------------------------------------------------------
@@ -257,11 +259,11 @@ def vit():
 def test_time_fixed_exits_reports_every_layer(vit):
     images = torch.randn(16, 1, 8, 8)
     with one_thread():
-        table = figures.time_fixed_exits(vit, images, repeats=3)
+        table = experiments.time_fixed_exits(vit, images, repeats=3)
     assert table["layer"].tolist() == [1, 2, 3]
     assert (table["time_s"] > 0).all() and table["full_time_s"].nunique() == 1 and (table["speedup"] > 0).all()
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
-        figures.time_fixed_exits(vit, images, repeats=0)
+        experiments.time_fixed_exits(vit, images, repeats=0)
 
 
 def test_measure_early_exit_agrees_with_the_simulation_on_the_same_logits(vit):
@@ -270,7 +272,7 @@ def test_measure_early_exit_agrees_with_the_simulation_on_the_same_logits(vit):
     logits = per_layer_logits(vit, images)
     policy = ConfidenceExit(float(torch.softmax(logits[0], -1).max(-1).values.median()))
     with one_thread():
-        m = figures.measure_early_exit(vit, images, policy, labels=labels, repeats=2)
+        m = experiments.measure_early_exit(vit, images, policy, labels=labels, repeats=2)
     expected = simulate(policy, logits, labels)
     assert torch.equal(m["result"].exit_layer, expected.exit_layer)
     assert torch.equal(m["result"].preds, expected.preds) and m["result"].accuracy == pytest.approx(expected.accuracy)
@@ -279,7 +281,7 @@ def test_measure_early_exit_agrees_with_the_simulation_on_the_same_logits(vit):
 
 def test_plain_forward_is_the_models_output_on_the_cpu(vit):
     images = torch.randn(5, 1, 8, 8)
-    out = figures.plain_forward(vit, images)
+    out = experiments.plain_forward(vit, images)
     assert out.device.type == "cpu" and not out.requires_grad
     torch.testing.assert_close(out, vit.model(images).detach())
 
@@ -289,7 +291,7 @@ def test_only_the_load_report_is_dropped_and_only_inside_the_block(caplog):
     hf = logging.getLogger("transformers.modeling_utils")
     with caplog.at_level(logging.WARNING, logger="transformers.modeling_utils"):
         level = hf.level
-        with figures._no_fresh_head_report():
+        with experiments.trained._no_fresh_head_report():
             assert hf.level == level  # the level is left alone (transformers acts on it)
             hf.warning("BertForSequenceClassification LOAD REPORT from: /somewhere")
             hf.warning("something else")
@@ -299,8 +301,18 @@ def test_only_the_load_report_is_dropped_and_only_inside_the_block(caplog):
 
 
 def test_recipe_names():
-    assert figures.recipe_names(["vit-fashion-mnist", "minilm-reviews"]) == ["vit-fashion-mnist", "minilm-reviews"]
-    assert figures.recipe_names("vit-fashion-mnist") == ["vit-fashion-mnist"]
+    assert experiments.recipe_names(["vit-fashion-mnist", "minilm-reviews"]) == ["vit-fashion-mnist", "minilm-reviews"]
+    assert experiments.recipe_names("vit-fashion-mnist") == ["vit-fashion-mnist"]
     for bad in ([], [3], None, [""]):
         with pytest.raises(ValueError, match="recipes must be a non-empty list of training recipe names"):
-            figures.recipe_names(bad)
+            experiments.recipe_names(bad)
+
+
+# ---- a notebook's set-up ----------------------------------------------------------------------------------------
+def test_start_gives_the_recorder_and_the_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSIM_CACHE", str(tmp_path / "cache"))
+    rec, cache_dir = experiments.start(tmp_path / "out", "07_aligned_accuracy", use_cache=True)
+    assert rec.data["notebook"] == "07_aligned_accuracy" and (tmp_path / "out" / "metrics.json").exists()
+    assert cache_dir == tmp_path / "cache" / "features"
+    _, no_cache = experiments.start(tmp_path / "out", "07_aligned_accuracy", use_cache=False)
+    assert no_cache is None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from headless_chromium import needs_chromium, rendered_dom
-from layersim import regenerate as rg
+from layersim import runner as rg
 
 NOTEBOOKS = rg.default_notebooks_dir()
 

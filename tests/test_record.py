@@ -12,8 +12,8 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from layersim import record  # noqa: E402
-from layersim.record import CLAIMS_FILE, Recorder, load_claims, load_metrics  # noqa: E402
+from layersim.runner import record  # noqa: E402
+from layersim.runner.record import CLAIMS_FILE, Recorder, load_claims, load_metrics  # noqa: E402
 
 
 def test_numbers_checks_and_figures_round_trip(tmp_path):

@@ -15,7 +15,8 @@ import nbformat
 import pytest
 
 from headless_chromium import needs_chromium, rendered_dom
-from layersim import regenerate as rg
+from layersim import runner as rg
+from layersim.runner.report import _when
 
 
 def _notebook(path, params_src, body_src, tag=True):
@@ -32,7 +33,7 @@ def _notebook(path, params_src, body_src, tag=True):
 OK_BODY = """
 from pathlib import Path
 import time
-from layersim.record import Recorder
+from layersim.runner.record import Recorder
 import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 rec = Recorder(output_dir, "01_ok")
@@ -91,6 +92,14 @@ def test_unknown_profile_parameter_is_an_error_before_anything_runs(project):
     # and the command line says so with exit status 2
     assert rg.main(_args(project)) == 2
 
+
+def test_the_old_command_name_runs_the_runner(project):
+    """`python -m layersim.regenerate`, the command's old name, is an alias of `python -m layersim.runner`."""
+    (project / "notebooks" / "profiles" / "smoke.yaml").write_text("01_ok:\n  y_typo: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "layersim.regenerate", *_args(project)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "unknown parameter 'y_typo'" in proc.stderr
+    assert not (project / "results").exists()
 
 def test_profile_naming_a_missing_notebook_or_missing_profile(project):
     (project / "notebooks" / "profiles" / "smoke.yaml").write_text("03_missing:\n  a: 1\n")
@@ -218,7 +227,7 @@ def test_only_keeps_the_whole_profile_in_the_report(ran, tmp_path):
                          results_dir=project / "results", progress=False)
     assert [r.name for r in runs] == ["02_fail"]
     report = (project / "results" / "smoke" / "REPORT.md").read_text()
-    when = rg._when(before)
+    when = _when(before)
     assert f"| 01_ok | ok (earlier run, {when}) | {when} |" in report  # from its last results, with their date
     assert f"| x is positive | 1 | 3 | > | 0 | pass | 01_ok ({when}) |" in report
     assert "`twice_x`: 6" in report and "--only 02_fail" in report
@@ -255,7 +264,7 @@ def test_ctrl_c_keeps_the_last_results(ran, tmp_path):
     metrics_before = (out / "01_ok" / "metrics.json").read_text()
     marker = tmp_path / "running"
     (project / "notebooks" / "profiles" / "smoke.yaml").write_text(f"01_ok:\n  x: 5\n  hold: {str(marker)!r}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "layersim.regenerate", *_args(project, "--only", "01_ok")],
+    proc = subprocess.Popen([sys.executable, "-m", "layersim.runner", *_args(project, "--only", "01_ok")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -326,7 +335,7 @@ def test_a_killed_runner_leaves_no_notebook_running(ran, tmp_path, background):
     out = project / "results" / "smoke"
     marker = tmp_path / "running"
     (project / "notebooks" / "profiles" / "smoke.yaml").write_text(f"01_ok:\n  x: 5\n  hold: {str(marker)!r}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "layersim.regenerate", *_args(project, "--only", "01_ok")],
+    proc = subprocess.Popen([sys.executable, "-m", "layersim.runner", *_args(project, "--only", "01_ok")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=_ignore_sigint if background else None)
     try:

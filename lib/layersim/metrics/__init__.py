@@ -13,6 +13,8 @@ Modules (every public name is importable from ``layersim.metrics`` directly)
   share with the early-exit code (``as_predictions``, ``check_labels``).
 * :mod:`~layersim.metrics.layerwise`: ``similarity_to_last``, ``similarity_by_gap``,
   ``trajectory_straightness``.
+* :mod:`~layersim.metrics.rank`: ``spearman`` (a rank correlation that is NaN, not a warning, where none
+  exists).
 * ``_stack`` (input checking and stacking) and ``_reduce`` (merging accumulators) are internal.
 
 Conventions
@@ -36,6 +38,7 @@ Conventions
 from .cka_family import MinibatchCKA, cka, hsic
 from .cos import cos_per_sample, cos_similarity
 from .layerwise import similarity_by_gap, similarity_to_last, trajectory_straightness
+from .rank import spearman
 from .readout import layerwise_accuracy, readout_stats, saturation_layer
 from .streaming import StreamingCKA, StreamingCOS, StreamingMean
 
@@ -50,6 +53,7 @@ __all__ = [
     "similarity_to_last",
     "similarity_by_gap",
     "trajectory_straightness",
+    "spearman",
     "StreamingMean",
     "StreamingCOS",
     "StreamingCKA",

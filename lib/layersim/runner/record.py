@@ -1,10 +1,10 @@
 """What a notebook records: its key numbers, the paper's claims as numeric checks, its figures.
 
-A notebook creates ``rec = Recorder(output_dir, "02_cos_vs_cka")`` and calls
-``rec.number(...)``, ``rec.check_claim(...)`` and ``rec.figure(...)``. Everything lands in
+A notebook gets its ``rec = Recorder(output_dir, "02_cos_vs_cka")`` from `layersim.experiments.start`
+and calls ``rec.number(...)``, ``rec.check_claim(...)`` and ``rec.figure(...)``. Everything lands in
 ``<output_dir>/metrics.json`` (rewritten atomically after every call, so an interrupted notebook
 leaves a valid file) and the figures as PNG and PDF beside it. The batch runner
-(`layersim.regenerate`) collects these files into REPORT.md.
+(`layersim.runner`) collects these files into REPORT.md.
 
 The thresholds of the claim checks live in one file shipped with the package, ``claims.yaml``
 (`CLAIMS_FILE`): each check has a name, the claim it tests, what value it expects, the comparison,
@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .storage import atomic_savefig, atomic_write_json
+from ..storage import atomic_savefig, atomic_write_json
 
 METRICS_FILE = "metrics.json"
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
