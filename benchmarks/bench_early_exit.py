@@ -108,8 +108,7 @@ def train_vit_aligned(images, labels, *, epochs: int, batch_size: int = 128, see
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
-            vectors = adapter.pool(adapter.hidden_states(images[idx]), adapter.readout_pooling)
-            logits = adapter.readout_stack(vectors)  # (L, B, C), the shared head on every layer
+            logits = adapter.read(adapter.hidden_states(images[idx]))  # (L, B, C), the shared head on every layer
             loss = sum(w * torch.nn.functional.cross_entropy(lg, labels[idx]) for w, lg in zip(weights, logits))
             optimizer.zero_grad()
             loss.backward()
@@ -148,12 +147,12 @@ def minilm_with_probes(n_train: int):
 
 def policy_row(name, adapter, calib_batches, calib_labels, test_batches, test_labels, heads, repeats,
                flops_batch) -> dict:
-    calib = torch.cat([per_layer_logits(adapter, b, heads=heads) for b in calib_batches], dim=1)
-    flops = count_flops(adapter, flops_batch, heads=heads)
+    calib = torch.cat([per_layer_logits(adapter, b, reader=heads) for b in calib_batches], dim=1)
+    flops = count_flops(adapter, flops_batch, reader=heads)
     table = sweep(calib, calib_labels, "confidence", flops=flops, num_points=81)
     chosen = choose_by_accuracy_drop(table, 0.01)
     policy = ConfidenceExit(float(chosen["parameter"]))
-    results = [early_exit(adapter, b, policy, heads=heads) for b in test_batches]
+    results = [early_exit(adapter, b, policy, reader=heads) for b in test_batches]
     exit_layer = torch.cat([r.exit_layer for r in results])
     preds = torch.cat([r.preds for r in results])
     with torch.no_grad():
@@ -169,7 +168,7 @@ def policy_row(name, adapter, calib_batches, calib_labels, test_batches, test_la
 
     def exits():
         for b in test_batches:
-            early_exit(adapter, b, policy, heads=heads)
+            early_exit(adapter, b, policy, reader=heads)
 
     out = paired_speedup(full, exits, repeats=repeats)
     flops_speedup = flops.full_cost() / float(flops.exit_cost(exit_layer, every_layer=True).mean())

@@ -73,7 +73,7 @@ def test_readout_features_are_the_pooled_block_outputs_and_logits_the_shared_hea
     with torch.no_grad():
         hidden = run.adapter.hidden_states(images)
         cls = run.adapter.pool(hidden, "cls")
-        logits = run.adapter.readout(hidden)
+        logits = run.adapter.read(hidden)
     torch.testing.assert_close(r.features, cls, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r.logits, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r.logits[-1], run.adapter.logits(images).detach(), rtol=1e-5, atol=1e-5)
@@ -83,7 +83,11 @@ def test_exit_logits_are_the_multi_exit_heads(trained):
     run = trained["multi_exit"]
     r = experiments.run_readout(run, n=16)
     images, _ = experiments.run_inputs(run, range(16))
-    expected = per_layer_logits(run.adapter, images, heads="own")
+    expected = per_layer_logits(run.adapter, images, reader=run.heads)
+    with torch.no_grad():  # by hand: the final norm, then each layer's own linear head (the last: the model's)
+        cls = run.model.norm(run.adapter.pool(run.adapter.hidden_states(images), "cls"))
+        by_hand = torch.stack([h(c) for h, c in zip(list(run.heads.heads) + [run.model.head], cls)])
+    torch.testing.assert_close(expected, by_hand, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r.exit_logits, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r.exit_logits[-1], r.logits[-1])  # layer L: the model's own head either way
 

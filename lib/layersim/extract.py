@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from .metrics.readout import readout_stats
-from .models import LayerAdapter, adapt, eval_mode, layer_indices, read_chunks
+from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, read_chunks
 from . import progress as _progress
 from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, file_lock, hash_tensor,
-                      remove_folder, stable_hash)
+                      remove_folder, stable_hash, weights_fingerprint)
 
 CACHE_FORMAT = 2
 FEATURE_NORMS = (False, True, "hf")
@@ -278,7 +278,7 @@ def _normed_features(adapter: LayerAdapter, pooled: torch.Tensor, index: list[in
     return pooled[index]
 
 
-def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, readout, keep_logits, topk,
+def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, readout, reader, keep_logits, topk,
                    feature_norm, dtype) -> dict:
     """One batch -> {field: tensor} with layered fields (L', b, ...) and 'labels' (b,)."""
     # without a readout only the selected layers are needed: stop after the deepest one
@@ -295,7 +295,7 @@ def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, rea
     keep = [read.index(i + 1) for i in index]
     vectors = adapter.head_inputs(hidden, pooling, layers=read)
     chunks = []
-    for rows, logits in read_chunks(adapter.reader, vectors, read):
+    for rows, logits in read_chunks(reader, vectors, read):
         final_pred = logits[-1].argmax(-1)
         stats = readout_stats(logits[keep], final_pred=final_pred, topk=topk,
                               targets=None if targets is None else targets[rows])
@@ -310,13 +310,13 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
             keep_logits: bool | None = None, topk: int | None = None, feature_norm: bool | str = False,
             batch_size: int = 64, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
             data_key: str | None = None, model_key: str | None = None, mmap: bool = False, verify: bool = True,
-            progress: bool = True) -> Extraction:
+            progress: bool = True, reader=None) -> Extraction:
     """Per-layer features and readouts of `model` over `data`, cached on disk when `cache_dir` is given.
 
     model: a `LayerAdapter` (from `layersim.models.load_model` / `adapt`) or a model `adapt` accepts.
     data: a list of strings, a tensor of images (N, C, H, W), a Dataset of (x, y), or a loader yielding
         tensors, (inputs, labels) pairs or tokenised dicts. Read in order, `batch_size` at a time.
-    pooling: "cls", "mean", "last" or "tokens" (see `layersim.models.adapters`); default the pooling the
+    pooling: "cls", "mean", "last" or "tokens" (see `layersim.models.base`); default the pooling the
         model's own head reads (``adapter.readout_pooling``: "cls" for ViT/DeiT/BERT, "tokens" for a causal LM).
     readout: apply the last-layer classifier to every layer (default: when the model has a head).
     labels: (n,) labels for a list of texts or a tensor of images (loaders yield their own).
@@ -332,6 +332,8 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     model_key: a name for the weights (e.g. a checkpoint's hash), instead of hashing the weights.
     mmap: return cached arrays memory-mapped (copy-on-write) instead of reading them into memory.
     verify: check the cached files' checksums when loading.
+    reader: what reads every layer (default the model's own last-layer classifier, ``adapter.reader``; an
+        `ExitHeads` for a multi-exit model's own heads, `layersim.models.readers`).
     -> `Extraction` with features (L', n, d) and, with readout, preds/final_prob (L', n) and more.
     """
     adapter = adapt(model)
@@ -348,12 +350,15 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
         readout = adapter.has_readout and pooling in adapter.readout_poolings
     if readout:
         adapter.check_readout_pooling(pooling)
+        reader = as_reader(adapter, reader)
+    reader_id = "shared head" if reader is None or reader is adapter.reader else {
+        "reader": type(reader).__name__, "weights": weights_fingerprint(reader)}
     keep_logits = (not is_vocab) if keep_logits is None else keep_logits
     topk = (5 if is_vocab else None) if topk is None else topk
     settings = {"format": CACHE_FORMAT, "pooling": pooling, "layers": [i + 1 for i in index],
                 "readout": bool(readout), "keep_logits": bool(keep_logits), "topk": topk,
                 "feature_norm": feature_norm, "dtype": str(dtype), "batch_size": batch_size,
-                "readout_formula": adapter.readout_formula() if readout else None}
+                "readout_formula": adapter.readout_formula() if readout else None, "reader": reader_id}
 
     def compute(folder: Path | None) -> dict:
         store = _Store(folder) if folder is not None else _MemoryStore()
@@ -363,7 +368,7 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
             bar = _progress.progress(batches, total=total, desc=f"extract {adapter.name}", unit="batch",
                                      disable=not progress)
             for inputs, y in bar:
-                out = _process_batch(adapter, inputs, y, pooling=pooling, index=index, readout=readout,
+                out = _process_batch(adapter, inputs, y, pooling=pooling, index=index, readout=readout, reader=reader,
                                      keep_logits=keep_logits, topk=topk, feature_norm=feature_norm, dtype=dtype)
                 for name, value in out.items():
                     store.add(name, value, layered=name != "labels")

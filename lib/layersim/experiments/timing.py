@@ -18,7 +18,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fixed_exits(adapter, batch, *, heads=None, repeats: int = 5, warmup: int = 1) -> pd.DataFrame:
+def time_fixed_exits(adapter, batch, *, reader=None, repeats: int = 5, warmup: int = 1) -> pd.DataFrame:
     """Measured wall-clock time of exiting the whole batch at each layer l = 1..L (a truncated forward:
     blocks after l never run, `layersim.early_exit.exit_at_layer`) against the model's plain forward.
 
@@ -41,7 +41,7 @@ def time_fixed_exits(adapter, batch, *, heads=None, repeats: int = 5, warmup: in
         with torch.no_grad(), eval_mode(adapter.model):
             return adapter.logits(batch)
 
-    calls = [full] + [(lambda l=l: exit_at_layer(adapter, batch, l, heads=heads)) for l in range(1, L + 1)]
+    calls = [full] + [(lambda l=l: exit_at_layer(adapter, batch, l, reader=reader)) for l in range(1, L + 1)]
 
     def timed(fn) -> float:
         _sync(device)
@@ -74,7 +74,7 @@ def plain_forward(adapter, batch) -> torch.Tensor:
         return adapter.logits(batch).cpu()
 
 
-def measure_early_exit(adapter, batch, policy, *, labels=None, heads=None, repeats: int = 5,
+def measure_early_exit(adapter, batch, policy, *, labels=None, reader=None, repeats: int = 5,
                        warmup: int = 1) -> dict:
     """Real per-sample early exit (`layersim.early_exit.early_exit`: exited samples leave the batch) of
     `batch` under `policy`, and its measured speed-up over the plain forward of the whole model
@@ -85,9 +85,9 @@ def measure_early_exit(adapter, batch, policy, *, labels=None, heads=None, repea
     """
     from ..early_exit import early_exit, paired_speedup
 
-    result = early_exit(adapter, batch, policy, heads=heads, labels=labels)
+    result = early_exit(adapter, batch, policy, reader=reader, labels=labels)
     timing = paired_speedup(lambda: plain_forward(adapter, batch),
-                            lambda: early_exit(adapter, batch, policy, heads=heads),
+                            lambda: early_exit(adapter, batch, policy, reader=reader),
                             repeats=repeats, warmup=warmup)
     return {"result": result, "speedup": timing["speedup"], "full_s": timing["reference_s"],
             "exit_s": timing["candidate_s"]}

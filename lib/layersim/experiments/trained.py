@@ -217,11 +217,10 @@ def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> Ru
                   cache_dir=cache_dir, data_key=key)
     features, logits = out.features.float(), out.logits.float()
     exit_logits = None
-    if run.heads is not None:
-        with torch.no_grad():
-            device = adapter.device
-            exit_logits = torch.cat([run.heads.logits(adapter, features[:, i:i + batch_size].to(device)).float().cpu()
-                                     for i in range(0, n, batch_size)], dim=1)
+    if run.heads is not None:  # the same test samples read by the run's own exit heads
+        exits = extract(adapter, data, labels=labels, readout=True, keep_logits=True, batch_size=batch_size,
+                        cache_dir=cache_dir, data_key=key, reader=run.heads)
+        exit_logits = exits.logits.float()
     name = f"{run.config.name} ({run.config.objective})"
     return RunReadout(name, run.config.objective, features, logits, exit_logits, out.labels.long(), classes, run)
 
