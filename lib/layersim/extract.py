@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -43,8 +42,8 @@ import torch
 from .metrics.readout import readout_stats
 from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, read_chunks
 from . import progress as _progress
-from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, file_lock, hash_tensor,
-                      remove_folder, stable_hash, weights_fingerprint)
+from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, hash_tensor, load_or_build,
+                      stable_hash, weights_fingerprint)
 
 CACHE_FORMAT = 2
 FEATURE_NORMS = (False, True, "hf")
@@ -389,17 +388,16 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in adapter.name)[-40:]
     folder = cache_dir / f"{safe_name}-{pooling}-{key}"
     # one process computes an entry; another asking for it at the same time waits, then reads it
-    with file_lock(cache_dir / ".locks" / key):
-        if folder.exists():
-            try:
-                return _result(_read_entry(folder, key, mmap=mmap, verify=verify), settings, key, folder, True)
-            except CorruptEntry as e:
-                warnings.warn(f"cache entry {folder} is corrupt ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
-                remove_folder(folder)
-        with atomic_folder(folder) as tmp:
+
+    def build(path: Path) -> Extraction:
+        with atomic_folder(path) as tmp:
             fields = compute(tmp)
             _write_meta(tmp, key, {**settings, "model": spec["model"], "data": spec["data"]}, fields)
-    return _result(_read_entry(folder, key, mmap=mmap, verify=False), settings, key, folder, False)
+        return _result(_read_entry(path, key, mmap=mmap, verify=False), settings, key, path, False)
+
+    return load_or_build(folder, lambda path: _result(_read_entry(path, key, mmap=mmap, verify=verify), settings,
+                                                      key, path, True),
+                         build, lock=cache_dir / ".locks" / key, damaged=(CorruptEntry,), what="cache entry")
 
 
 def _write_meta(folder: Path, key: str, settings: dict, fields: dict) -> None:

@@ -7,8 +7,12 @@ through here, so a reader never sees half a file and a crash never leaves a half
   temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target.
 - `atomic_folder(target)`: build a folder under a temporary name, rename it into place when the block ends
   without error (a reader sees the whole folder or none).
+- `replacing_folder(target)`, `swap_folder(new, target)`: build a folder, then put it in place of an existing
+  one (the old one steps aside, the new one takes its place, then the old one goes).
 - `file_lock(path)`: an exclusive advisory lock (fcntl) so that of two processes asking for the same
   expensive result one computes and the other waits, then reuses it.
+- `load_or_build(path, load, build)`: the one cache pattern: load the entry, else build it under a lock; an
+  entry that fails to load is damaged and is rebuilt (with a warning).
 - `hash_tensor`, `weights_fingerprint`, `stable_hash`: blake2b content hashes for cache keys.
 """
 from __future__ import annotations
@@ -19,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -118,6 +121,36 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def swap_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the folder `new` in the place of `target`: the old `target` steps aside, `new` is renamed into its
+    place, and only then is the old one deleted (a reader finds the old folder or the new one)."""
+    new, target = Path(new), Path(target)
+    trash = target.with_name(f"{TRASH_PREFIX}{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(target, trash)
+    except FileNotFoundError:
+        trash = None
+    os.replace(new, target)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `target`; when the block ends without error it replaces `target`
+    (`swap_folder`); on error it is removed and `target` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+        swap_folder(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def remove_folder(folder: str | os.PathLike) -> None:
     """Move a folder aside (atomic, so no reader sees it half deleted), then delete it."""
     folder = Path(folder)
@@ -187,6 +220,40 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def load_or_build(path: str | os.PathLike, load: Callable[[Path], Any], build: Callable[[Path], Any], *,
+                  lock: str | os.PathLike | None = None, damaged: tuple = (Exception,), what: str = "cache entry",
+                  rebuild: bool = False) -> Any:
+    """The one cache pattern: ``load(path)`` if the entry exists, else ``build(path)``, under a lock.
+
+    path: the entry, a file or a folder. load(path) -> the value; it raises one of `damaged` when the entry is
+    unreadable, which is then removed (with a RuntimeWarning) and built again. build(path) -> the value; it
+    writes the entry atomically itself (`atomic_folder`, `atomic_save`, ...). lock: the lock file (default
+    ``<parent>/.locks/<name>``): of two processes asking for the same entry one builds, the other waits, then
+    loads. rebuild=True removes an existing entry first.
+    """
+    import warnings
+
+    path = Path(path)
+    with file_lock(lock if lock is not None else path.parent / ".locks" / path.name):
+        if path.exists() and rebuild:
+            _discard(path)
+        if path.exists():
+            try:
+                return load(path)
+            except damaged as e:
+                warnings.warn(f"{what} {path} is corrupt ({type(e).__name__}: {str(e)[:200]}); rebuilding it",
+                              RuntimeWarning, stacklevel=3)
+                _discard(path)
+        return build(path)
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir():
+        remove_folder(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---- content hashes ------------------------------------------------------------------------------------

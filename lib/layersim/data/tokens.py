@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..storage import (atomic_folder, atomic_write_json, clean_leftovers, default_cache_dir, file_lock, remove_folder,
-                       stable_hash)
+from ..storage import atomic_folder, atomic_write_json, clean_leftovers, default_cache_dir, load_or_build, stable_hash
 from .text import TextCorpus
 
 # ----------------------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def train_bpe_tokenizer(texts, vocab_size: int = 2048, *, min_frequency: int = 2
     parent = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tokenizers"
     folder = parent / f"bpe{int(vocab_size)}-{stable_hash(spec)[:20]}"
 
-    def load():
+    def load(folder: Path):
         with open(folder / "layersim-tokenizer.json", encoding="utf-8") as f:
             if json.load(f).get("spec") != spec:
                 raise ValueError("spec mismatch")
@@ -100,15 +99,7 @@ def train_bpe_tokenizer(texts, vocab_size: int = 2048, *, min_frequency: int = 2
             raise ValueError("special tokens or vocabulary differ from the spec")
         return tok
 
-    with file_lock(parent / f".{folder.name}.lock"):
-        clean_leftovers(parent)
-        if folder.exists() and not rebuild:
-            try:
-                return load()
-            except Exception:  # damaged entry: rebuild it
-                pass
-        if folder.exists():
-            remove_folder(folder)
+    def build(folder: Path):
         start = time.perf_counter()
         tok = _train_byte_level_bpe(texts, int(vocab_size), int(min_frequency))
         seconds = time.perf_counter() - start
@@ -116,7 +107,12 @@ def train_bpe_tokenizer(texts, vocab_size: int = 2048, *, min_frequency: int = 2
             tok.save_pretrained(str(tmp))
             atomic_write_json(tmp / "layersim-tokenizer.json",
                               {"spec": spec, "vocabulary": len(tok), "train_seconds": round(seconds, 3)})
-        return load()
+        return load(folder)
+
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(parent)
+    return load_or_build(folder, load, build, lock=parent / f".{folder.name}.lock", rebuild=rebuild,
+                         what="tokenizer")
 
 
 def pack_tokens(ids, seq_len: int, *, eos_id: Optional[int] = None) -> torch.Tensor:

@@ -126,7 +126,7 @@ def _gguf_from_pretrained(path: Path, *, cache: bool = True):
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..storage import atomic_folder, default_cache_dir, file_lock, remove_folder, stable_hash
+    from ..storage import atomic_folder, default_cache_dir, load_or_build, stable_hash
 
     stat = path.stat()
     key = stable_hash({"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -142,16 +142,15 @@ def _gguf_from_pretrained(path: Path, *, cache: bool = True):
 
     if not cache:
         return parse()
-    with file_lock(parent / f".{folder.name}.lock"):
-        if folder.exists():
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(folder)
-                config = transformers.AutoConfig.from_pretrained(folder)
-                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-                model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-                return model.eval(), tokenizer
-            except Exception:  # damaged copy: parse the file again
-                remove_folder(folder)
+
+    def load(folder: Path):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = transformers.AutoConfig.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+        return model.eval(), tokenizer
+
+    def build(folder: Path):
         model, tokenizer = parse()
         # (save_pretrained refuses a model read from GGUF: keep its config and float32 weights instead)
         with atomic_folder(folder) as tmp:
@@ -161,6 +160,8 @@ def _gguf_from_pretrained(path: Path, *, cache: bool = True):
             torch.save(model.state_dict(), tmp / "weights.pt")
             tokenizer.save_pretrained(tmp)
         return model, tokenizer
+
+    return load_or_build(folder, load, build, lock=parent / f".{folder.name}.lock", what="parsed GGUF copy")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ ran it is published. With ``jobs > 1`` each kernel gets ``cores / jobs`` threads
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .. import progress as _progress
-from ..storage import TMP_PREFIX, TRASH_PREFIX, atomic_write_json, atomic_write_text, remove_folder, repo_root
+from ..storage import TMP_PREFIX, atomic_write_json, atomic_write_text, remove_folder, repo_root, swap_folder
 from .gallery import notebook_to_html
 from .record import METRICS_FILE
 from .results import MATHJAX_DIR, RUN_FILE, NotebookRun, _now, _read_json, last_results
@@ -165,14 +164,7 @@ def _finish(job: _Job, notebooks_dir: Path, out_root: Path, profile: str) -> Not
                                          "seconds": round(seconds, 3), "error": error, "finished": finished,
                                          "parameters": job.params})
     target = out_root / name
-    trash = out_root / f"{TRASH_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        os.replace(target, trash)  # the last results step aside ...
-    except FileNotFoundError:
-        trash = None
-    os.replace(stage, target)  # ... the new ones take their place, and only then the old ones go
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    swap_folder(stage, target)  # the last results step aside, the new ones take their place, the old ones go
     return NotebookRun(name, status, seconds, target, job.params, error, metrics, finished, True, page)
 
 

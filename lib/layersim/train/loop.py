@@ -25,7 +25,6 @@ import os
 import random
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -37,7 +36,7 @@ import torch.nn as nn
 import yaml
 
 from ..losses import make_objective
-from ..storage import atomic_save, atomic_write_text, clean_leftovers, default_cache_dir, file_lock
+from ..storage import atomic_save, atomic_write_text, clean_leftovers, default_cache_dir, file_lock, load_or_build
 from . import checkpoint as ckpt
 from .config import (ConfigError, TrainConfig, differences, identity, identity_hash, layer_weights, resolve,
                      to_yaml)
@@ -577,11 +576,9 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
     """Write `tokenizer` (save_pretrained) into `folder`, replacing it atomically."""
-    from ..storage import atomic_folder, remove_folder
+    from ..storage import replacing_folder
 
-    if folder.exists():
-        remove_folder(folder)
-    with atomic_folder(folder) as tmp:
+    with replacing_folder(folder) as tmp:
         tokenizer.save_pretrained(str(tmp))
 
 
@@ -610,12 +607,7 @@ def train_cached(config: "TrainConfig | dict | str | Path" = "vit-fashion-mnist"
     cfg = resolve(config, overrides)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "runs"
     out = root / run_folder_name(cfg)
-    with file_lock(root / f"{out.name}.lock"):
-        if (out / MODEL_FILE).exists():
-            try:
-                return load_run(out)
-            except (ValueError, RuntimeError, KeyError) as e:
-                warnings.warn(f"cached run {out} is unusable ({e}); training it again from its last checkpoint",
-                              RuntimeWarning, stacklevel=2)
-                (out / MODEL_FILE).unlink()
-        return train(cfg, out)
+    # an unreadable model.pt is removed and the run trained again from its last checkpoint
+    return load_or_build(out / MODEL_FILE, lambda _: load_run(out), lambda _: train(cfg, out),
+                         lock=root / f"{out.name}.lock", damaged=(ValueError, RuntimeError, KeyError),
+                         what="the model file of cached run")

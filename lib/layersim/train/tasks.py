@@ -22,6 +22,7 @@ end-of-text token and packed into sequences of `seq_len` tokens (cached under
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from .. import data as D
-from ..storage import atomic_save, default_cache_dir, file_lock, stable_hash
+from ..storage import atomic_save, default_cache_dir, load_or_build, stable_hash
 from .config import LM_SOURCES, ConfigError, TrainConfig
 
 
@@ -362,18 +363,17 @@ def packed_sequences(tokenizer, texts, seq_len: int, what: str) -> torch.Tensor:
     key = stable_hash({"texts": D._texts_digest(texts), "tokenizer": spec, "seq_len": int(seq_len), "format": 1})
     folder = default_cache_dir() / "tokens"
     path = folder / f"{what}-{key[:24]}.pt"
-    with file_lock(folder / f".{path.name}.lock"):
-        if path.exists():
-            try:
-                return torch.load(path, weights_only=True)
-            except Exception:  # damaged entry: rebuild it
-                path.unlink()
+
+    def build(path: Path) -> torch.Tensor:
         try:
             sequences = D.tokenize_and_pack(tokenizer, texts, seq_len)
         except ValueError as e:
             raise ConfigError(f"the {what} split: {e}") from e
         atomic_save(sequences, path)
         return sequences
+
+    return load_or_build(path, lambda p: torch.load(p, weights_only=True), build,
+                         lock=folder / f".{path.name}.lock", what="token cache")
 
 
 def _seq_subset(x: torch.Tensor, n: int, seed: int, what: str) -> torch.Tensor:
