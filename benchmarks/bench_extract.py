@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from layersim.extract import _process_batch, extract
+from layersim.extract import extract
 from layersim.models import VisionTransformer, ViTConfig, adapt, load_model
 
 WORDS = ("the a film story actor scene plot music long short funny sad bright dark slow quick never always "
@@ -87,12 +87,10 @@ def main(argv=None) -> list[dict]:
                                       num_classes=10)).eval()
     adapter = adapt(vit)
     x = torch.randn(256, 1, 28, 28)
-    L = list(range(adapter.num_layers))
     with torch.no_grad():
         rows.append(compare("ViT, batch 256, features + readout of all 6 layers", lambda: vit(x),
-                            lambda: _process_batch(adapter, x, None, pooling="cls", index=L, readout=True,
-                                                   keep_logits=True, topk=None, feature_norm=False,
-                                                   dtype=torch.float32), args.repeats))
+                            lambda: extract(adapter, x, pooling="cls", readout=True, keep_logits=True,
+                                            batch_size=len(x), progress=False), args.repeats))
     images = torch.randn(2048, 1, 28, 28)
 
     def vit_plain_loop():
@@ -118,9 +116,8 @@ def main(argv=None) -> list[dict]:
     enc = encoder.encode(batch)
     with torch.no_grad():
         rows.append(compare("MiniLM-L6, batch 64, features of all 6 layers", lambda: encoder.model(**enc),
-                            lambda: _process_batch(encoder, enc, None, pooling="mean", index=L, readout=False,
-                                                   keep_logits=False, topk=None, feature_norm=False,
-                                                   dtype=torch.float32), args.repeats))
+                            lambda: extract(encoder, [enc], pooling="mean", readout=False, progress=False),
+                            args.repeats))
     corpus = texts(512, seed=1)
 
     def minilm_plain_loop():

@@ -274,7 +274,7 @@ def test_with_norm_conventions_on_our_vit():
     assert torch.allclose(lf.with_norm("normed"), normed, atol=1e-6)
     hf = lf.with_norm("hf")
     assert torch.equal(hf[:2], feats[:2]) and torch.allclose(hf[2], normed[2], atol=1e-6)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="feature_norm must be one of"):
         lf.with_norm("layer")
 
 

@@ -524,3 +524,16 @@ def test_a_model_without_a_head_has_no_exits():
         with pytest.raises(ValueError, match="no classification head"):
             call()
     assert parameter_savings(bare, num_classes=2).extra_params == 1 * (2 * 8 + 2)
+
+
+def test_saturation_layers_numbered_as_the_authors_code_are_the_same_events():
+    """The authors' GPT-2 code numbers saturation layers 0..L-1; ours are 1..L: offset by one, same histogram."""
+    from layersim.metrics import saturation_layer
+
+    logits, _ = synthetic()
+    ours, theirs = saturation(logits), saturation(logits, numbering="authors")
+    assert torch.equal(theirs.layers, ours.layers - 1) and int(theirs.layers.min()) >= 0
+    assert torch.equal(theirs.histogram, ours.histogram) and theirs.early_fraction == ours.early_fraction
+    assert torch.equal(saturation_layer(logits, numbering="authors"), saturation_layer(logits) - 1)
+    with pytest.raises(ValueError, match="numbering must be one of"):
+        saturation_layer(logits, numbering="zero")

@@ -243,7 +243,7 @@ def test_language_model_tokens(tiny_llama, monkeypatch):
         assert torch.equal(getattr(chunked, name), getattr(out, name)), name
     assert torch.allclose(chunked.label_logprob, out.label_logprob, atol=1e-5)
     # the final norm on the features, as the design's SmolLM2 analysis uses
-    normed = extract(adapter, TEXTS, pooling="tokens", readout=False, feature_norm=True, progress=False)
+    normed = extract(adapter, TEXTS, pooling="tokens", readout=False, feature_norm="normed", progress=False)
     with torch.no_grad():
         assert torch.allclose(normed.features, adapter.norm(out.features), atol=1e-5)
 

@@ -44,9 +44,12 @@ from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, re
 from . import progress as _progress
 from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, hash_tensor, load_or_build,
                       stable_hash, weights_fingerprint)
+from .validate import whole_number
 
 CACHE_FORMAT = 2
-FEATURE_NORMS = (False, True, "hf")
+# the model's final norm on the features: "raw" block outputs, "normed" (every layer, as the model reads layer L)
+# or "hf" (layer L only, as Hugging Face's output_hidden_states and the authors' GPT-2 code)
+FEATURE_NORMS = ("raw", "normed", "hf")
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
 
 
@@ -104,9 +107,8 @@ def _split_batch(item):
                      "strings, an (inputs, labels) pair or a dict with 'input_ids'")
 
 
-def check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+def check_batch_size(batch_size) -> int:
+    return whole_number(batch_size, "batch_size", low=1)
 
 
 def iter_batches(data, batch_size: int, labels=None) -> Iterator[tuple]:
@@ -266,15 +268,26 @@ def _read_entry(folder: Path, key: str, *, mmap: bool, verify: bool) -> dict:
 
 
 # ---- extraction -----------------------------------------------------------------------------------------
-def _normed_features(adapter: LayerAdapter, pooled: torch.Tensor, index: list[int], feature_norm) -> torch.Tensor:
-    """The features of the selected layers: raw block outputs, all normed (True), or normed at layer L only
-    ("hf": as Hugging Face's output_hidden_states, the authors' GPT-2 convention)."""
-    last = adapter.num_layers - 1
-    if feature_norm is True:
-        return adapter.norm(pooled[index])
-    if feature_norm == "hf":
-        return torch.stack([adapter.norm(pooled[i]) if i == last else pooled[i] for i in index])
-    return pooled[index]
+def check_feature_norm(mode) -> str:
+    if isinstance(mode, bool) or mode not in FEATURE_NORMS:
+        hint = f" ({'normed' if mode else 'raw'!r} is what {mode!r} meant)" if isinstance(mode, bool) else ""
+        raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {mode!r}{hint}")
+    return mode
+
+
+def normed_features(adapter: LayerAdapter, features: torch.Tensor, mode: str, layers=None) -> torch.Tensor:
+    """(L', n, d) features of 1-based `layers` (default 1..L') under a convention for the model's final norm
+    (`FEATURE_NORMS`): "raw" as they are, "normed" the final norm on every layer, "hf" on layer L only. The
+    norm runs on the model's device and dtype; the result keeps the features'. Post-norm encoders have no final
+    norm: all three are the same."""
+    check_feature_norm(mode)
+    numbers = list(range(1, features.shape[0] + 1)) if layers is None else list(layers)
+    if mode == "raw":
+        return features
+    with torch.no_grad():
+        return torch.stack([
+            adapter.norm(f.to(device=adapter.device, dtype=adapter.dtype)).to(device=f.device, dtype=f.dtype)
+            if mode == "normed" or l == adapter.num_layers else f for f, l in zip(features, numbers)])
 
 
 def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, readout, reader, keep_logits, topk,
@@ -283,7 +296,7 @@ def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, rea
     # without a readout only the selected layers are needed: stop after the deepest one
     hidden = adapter.hidden_states(inputs, upto=None if readout else max(index) + 1)
     pooled = adapter.pool(hidden, pooling)  # (L, b, d), raw block outputs
-    out = {"features": _normed_features(adapter, pooled, index, feature_norm).to(dtype)}
+    out = {"features": normed_features(adapter, pooled[index], feature_norm, [i + 1 for i in index]).to(dtype)}
     targets = adapter.targets(hidden, labels, pooling)
     if targets is not None:
         out["labels"] = targets
@@ -306,7 +319,7 @@ def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, rea
 
 
 def extract(model, data, *, pooling: str | None = None, readout: bool | None = None, labels=None, layers=None,
-            keep_logits: bool | None = None, topk: int | None = None, feature_norm: bool | str = False,
+            keep_logits: bool | None = None, topk: int | None = None, feature_norm: str = "raw",
             batch_size: int = 64, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
             data_key: str | None = None, model_key: str | None = None, mmap: bool = False, verify: bool = True,
             progress: bool = True, reader=None) -> Extraction:
@@ -322,9 +335,9 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     layers: 1-based layer numbers to keep (default all 1..L); the final prediction is always layer L's.
     keep_logits: store the full (L', n, C) logits (default: yes for classifiers, no for a vocabulary).
     topk: store the top-k ids and probabilities per layer (default: 5 for a vocabulary, none otherwise).
-    feature_norm: False (raw block outputs), True (the model's final norm applied to every layer's features,
+    feature_norm: "raw" (block outputs), "normed" (the model's final norm applied to every layer's features,
         e.g. SmolLM2's RMSNorm), or "hf" (layer L normed only, as Hugging Face's output_hidden_states and
-        the authors' GPT-2 code).
+        the authors' GPT-2 code); see `normed_features`.
     dtype: float32 (default), float16 or float64 for stored features and logits.
     cache_dir: folder of the cache; None computes without caching.
     data_key: a name for the data selection, used in the cache key instead of hashing the data.
@@ -342,8 +355,7 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     check_batch_size(batch_size)
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"dtype must be one of {list(_NUMPY_DTYPES)}, got {dtype}")
-    if not (feature_norm is True or feature_norm is False or feature_norm == "hf"):
-        raise ValueError(f"feature_norm must be False, True or 'hf', got {feature_norm!r}")
+    check_feature_norm(feature_norm)
     is_vocab = adapter.vocabulary_readout
     if readout is None:
         readout = adapter.has_readout and pooling in adapter.readout_poolings
@@ -411,7 +423,7 @@ def _result(entry: dict, settings: dict, key: str, path: Path | None, from_cache
 
 
 def extract_features(model, data, *, pooling: str | None = None, batch_size: int = 64, progress: bool = True,
-                     layers=None, feature_norm: bool | str = False, cache_dir: str | Path | None = None,
+                     layers=None, feature_norm: str = "raw", cache_dir: str | Path | None = None,
                      data_key: str | None = None) -> torch.Tensor:
     """Features of blocks 1..L (or `layers`) for every item of `data` -> (L, n, d) float32 tensor.
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .validate import whole_number
+
 # rows per chunk: about this many logits at once (64 MB of float32), whatever the vocabulary
 CHUNK_ELEMENTS = 2 ** 24
 IGNORE_INDEX = -100
@@ -44,8 +46,7 @@ def _check(hidden, weight, bias, targets, chunk_rows, ignore_index):
         raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (or be {ignore_index} to ignore a row); "
                          f"got values from {int(targets[valid].min())} to {int(targets[valid].max())}: does the "
                          "tokenizer's vocabulary match the model's?")
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    chunk_rows = whole_number(chunk_rows, "chunk_rows", low=1)
 
 
 def _chunk_terms(h, t, w, b, ignore_index: int, label_smoothing: float):

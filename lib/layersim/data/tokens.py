@@ -14,6 +14,7 @@ import torch
 
 from ..storage import atomic_folder, atomic_write_json, clean_leftovers, default_cache_dir, load_or_build, stable_hash
 from .text import TextCorpus
+from ..validate import whole_number
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizer and packed sequences for causal language models
@@ -79,11 +80,9 @@ def train_bpe_tokenizer(texts, vocab_size: int = 2048, *, min_frequency: int = 2
     if isinstance(texts, TextCorpus):
         texts = texts.train
     texts = _check_texts(texts, "texts")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 258:
-        raise ValueError(f"vocab_size must be an integer of at least 258 (256 byte symbols and 2 special "
-                         f"tokens), got {vocab_size!r}")
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, np.integer)) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be a positive integer, got {min_frequency!r}")
+    whole_number(vocab_size, "vocab_size", low=258,
+                 what="an integer of at least 258 (256 byte symbols and 2 special tokens)")
+    whole_number(min_frequency, "min_frequency", low=1)
     spec = {"kind": "byte-level-bpe", "texts": _texts_digest(texts), "n_texts": len(texts),
             "vocab_size": int(vocab_size), "min_frequency": int(min_frequency),
             "special_tokens": [END_OF_TEXT, PADDING], "tokenizers": tokenizers.__version__, "format": 1}
@@ -126,8 +125,7 @@ def pack_tokens(ids, seq_len: int, *, eos_id: Optional[int] = None) -> torch.Ten
     Returns a (n_seqs, seq_len) LongTensor, n_seqs = total_tokens // seq_len. Raises ValueError when
     not even one sequence can be filled (an empty or too small split).
     """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer of at least 2 (an input and its next token), got {seq_len!r}")
+    whole_number(seq_len, "seq_len", low=2, what="an integer of at least 2 (an input and its next token)")
     if isinstance(ids, torch.Tensor):
         if ids.ndim != 1:
             raise ValueError(f"ids as a tensor must be one stream of shape (n_tokens,), got shape {tuple(ids.shape)}; "
@@ -143,8 +141,7 @@ def pack_tokens(ids, seq_len: int, *, eos_id: Optional[int] = None) -> torch.Ten
             if eos_id is None:
                 raise ValueError("ids is a list of documents: pass eos_id (e.g. tokenizer.eos_token_id) to "
                                  "join them, or pass one flat stream of ids")
-            if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) or eos_id < 0:
-                raise ValueError(f"eos_id must be a non-negative integer, got {eos_id!r}")
+            whole_number(eos_id, "eos_id", low=0)
             pieces = []
             for i, doc in enumerate(ids):
                 t = doc if isinstance(doc, torch.Tensor) else torch.as_tensor(list(doc), dtype=torch.long)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from layersim.metrics import layerwise_accuracy, saturation_layer
-from layersim.metrics.readout import check_labels, readout_stats
+from layersim.metrics.readout import SATURATION_NUMBERING, check_labels, readout_stats
+from layersim.validate import real_number, whole_number
 
 __all__ = ["LayerSummaries", "summarize", "as_summaries", "final_prediction_prob",
            "SaturationStats", "saturation", "Overthinking", "overthinking", "minimal_depth", "Calibration",
@@ -151,30 +152,34 @@ def final_prediction_prob(outputs) -> torch.Tensor:
 # ---- saturation -------------------------------------------------------------------------------------------
 @dataclass
 class SaturationStats:
-    """layers: (n,) saturation layer of every sample, 1..L. histogram: (L,) number of samples that saturate
-    at layer 1..L (entry l-1 for layer l). early_fraction: share of samples with saturation layer < L."""
+    """layers: (n,) saturation layer of every sample, 1..L (0..L-1 with numbering "authors"). histogram: (L,)
+    number of samples that saturate at each layer, in order (entry l-1 for our layer l). early_fraction: share
+    of samples that saturate before the last layer."""
 
     layers: torch.Tensor
     histogram: torch.Tensor
     early_fraction: float
+    numbering: str = "layersim"
 
     @property
     def num_layers(self) -> int:
         return self.histogram.shape[0]
 
 
-def saturation(outputs) -> SaturationStats:
+def saturation(outputs, *, numbering: str = "layersim") -> SaturationStats:
     """Saturation layer of every sample (PAPER.md: the earliest l from which the argmax at every layer
     >= l equals the final layer's), its histogram over 1..L and the fraction of early saturation (l < L).
 
     outputs: logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries`.
+    numbering: "layersim" (layers 1..L) or "authors" (0..L-1, the authors' GPT-2 code; same events).
     """
     preds = as_summaries(outputs).preds
-    layers = saturation_layer(preds)
+    layers = saturation_layer(preds, numbering=numbering)
+    first = SATURATION_NUMBERING[numbering]
     num_layers = preds.shape[0]
-    histogram = torch.bincount(layers - 1, minlength=num_layers)
-    early = float((layers < num_layers).double().mean()) if layers.numel() else float("nan")
-    return SaturationStats(layers, histogram, early)
+    histogram = torch.bincount(layers - first, minlength=num_layers)
+    early = float((layers < num_layers - 1 + first).double().mean()) if layers.numel() else float("nan")
+    return SaturationStats(layers, histogram, early, numbering)
 
 
 # ---- overthinking (Kaya et al. 2019, Shallow-Deep Networks) ----------------------------------------------
@@ -234,8 +239,8 @@ def minimal_depth(accuracy, fraction: float = 0.99, *, labels=None) -> int:
     accuracy: (L,) layer-wise accuracies; or per-layer outputs (logits (L, n, C) / predictions (L, n))
     together with ``labels`` (n,). fraction: in (0, 1] (e.g. 0.99: within 1 % of the full model).
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be a number in (0, 1] (share of the last layer's accuracy), got {fraction!r}")
+    fraction = real_number(fraction, "fraction", low=0, high=1, low_open=True,
+                           what="a number in (0, 1] (share of the last layer's accuracy)")
     if labels is not None:
         summaries = as_summaries(accuracy)
         acc = layerwise_accuracy(summaries.preds, check_labels(labels, summaries.num_samples))
@@ -276,8 +281,7 @@ def calibration(outputs, labels, *, num_bins: int = 15) -> Calibration:
     outputs: logits (L, n, C), an Extraction with top-k probabilities, or `LayerSummaries` with
     confidence; labels: (n,) class indices; num_bins: equal-width bins of the confidence (>= 1).
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+    num_bins = whole_number(num_bins, "num_bins", low=1)
     summaries = as_summaries(outputs)
     conf = summaries.require("confidence", "calibration").double()
     labels = check_labels(labels, summaries.num_samples).to(conf.device)

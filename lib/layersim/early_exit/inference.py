@@ -24,6 +24,7 @@ import torch
 
 from layersim.metrics.readout import check_labels, readout_stats
 from layersim.models import adapt, as_reader, eval_mode
+from layersim.validate import whole_number
 
 from .policies import ExitPolicy, ExitResult
 
@@ -32,10 +33,8 @@ __all__ = ["per_layer_logits", "exit_at_layer", "early_exit", "generate_at_layer
 
 
 def _check_layer(layer, num_layers: int) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
-        raise ValueError(f"exit layer must be an integer in 1..{num_layers} (layers are numbered from 1), "
-                         f"got {layer!r}")
-    return layer
+    return whole_number(layer, "exit layer", low=1, high=num_layers,
+                        what=f"an integer in 1..{num_layers} (layers are numbered from 1)")
 
 
 def _reader(adapter, reader):
@@ -136,8 +135,7 @@ def generate_at_layer(adapter, prompt, layer: int, *, max_new_tokens: int = 20,
         raise ValueError(f"{adapter.name} is not a causal language model; generate_at_layer needs one "
                          "(e.g. load_model('smollm2-135m'))")
     _check_layer(layer, adapter.num_layers)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", low=1)
     tokenizer = getattr(adapter, "tokenizer", None)
     if isinstance(prompt, str):
         if tokenizer is None:
@@ -176,8 +174,7 @@ def paired_speedup(reference: Callable[[], object], candidate: Callable[[], obje
     the median of the per-pair ratios is the result (robust to load drifting on a shared machine).
     -> dict with speedup (median paired ratio), reference_s and candidate_s (medians), and the raw times.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    repeats = whole_number(repeats, "repeats", low=1)
     for _ in range(warmup):
         reference(), candidate()
     t_ref, t_cand = [], []

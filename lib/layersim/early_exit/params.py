@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from layersim.models import adapt
+from layersim.validate import whole_number
 
 __all__ = ["ParameterSavings", "parameter_savings", "savings_table", "AUTHORS_SAVINGS", "NOMINAL_SIZES"]
 
@@ -69,8 +70,7 @@ def parameter_savings(model, *, num_classes: Optional[int] = None, name: Optiona
     if classes is None:
         raise ValueError(f"{adapter.name} has no classification head, so the number of classes C is unknown; pass "
                          "num_classes=C (or load the model with a head, e.g. load_model(..., num_labels=2))")
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {classes!r}")
+    classes = whole_number(classes, "num_classes", low=1)
     L, d = adapter.num_layers, adapter.width
     params = _unique_params(adapter.model)
     own_exits = adapter.own_exit_heads()

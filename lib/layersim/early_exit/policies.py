@@ -15,7 +15,6 @@ A sample that never meets its criterion stops at layer L.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 
 from layersim.metrics.readout import check_labels
+from layersim.validate import real_number, whole_number
 
 from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries
 
@@ -66,9 +66,7 @@ class ExitPolicy:
 
 
 def _check_number(value, name: str, low: float, high: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= float(value) <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}] ({what}), got {value!r}")
-    return float(value)
+    return real_number(value, name, low=low, high=high, what=f"a number in [{low}, {high}] ({what})")
 
 
 class ConfidenceExit(ExitPolicy):
@@ -112,10 +110,8 @@ class PatienceExit(ExitPolicy):
     reads = ("preds",)
 
     def __init__(self, patience: int):
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1 (number of consecutive unchanged predictions), "
-                             f"got {patience!r}")
-        self.patience = int(patience)
+        self.patience = whole_number(patience, "patience", low=1,
+                                     what="an integer >= 1 (number of consecutive unchanged predictions)")
 
     @property
     def parameter(self) -> float:
@@ -141,9 +137,7 @@ class FixedExit(ExitPolicy):
     reads_every_layer = False
 
     def __init__(self, layer: int):
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1:
-            raise ValueError(f"exit layer must be an integer in 1..L (layers are numbered from 1), got {layer!r}")
-        self.layer = int(layer)
+        self.layer = whole_number(layer, "exit layer", low=1, what="an integer in 1..L (layers are numbered from 1)")
 
     @property
     def parameter(self) -> float:

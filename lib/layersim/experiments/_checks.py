@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+from ..validate import whole_number
 
 
 def _features(feats, name: str = "feats", *, min_layers: int = 1, min_samples: int = 1) -> torch.Tensor:
@@ -44,9 +45,7 @@ def _square(sim, name: str = "sim") -> torch.Tensor:
 
 
 def _count(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
-    return int(value)
+    return whole_number(value, name, low=low, what=f"a whole number >= {low}")
 
 
 def _size(value, name: str = "size") -> float:

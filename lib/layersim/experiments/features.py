@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from ..device import resolve_device
+from ..extract import FEATURE_NORMS, normed_features
 from ._checks import _count
 
 __all__ = ["LayerFeatures", "load_layer_features", "FEATURE_NORMS", "TRAINED_PREFIX"]
 
-FEATURE_NORMS = ("raw", "normed", "hf")
 TRAINED_PREFIX = "train:"
 
 
@@ -44,17 +44,7 @@ class LayerFeatures:
         "normed" (the final norm applied to every layer, as the model itself reads layer L) or "hf" (only
         layer L normed, as Hugging Face's hidden states and the authors' GPT-2 code). Post-norm encoders
         (BERT family) have no final norm: all three are the same."""
-        if mode not in FEATURE_NORMS:
-            raise ValueError(f"mode must be one of {FEATURE_NORMS}; got {mode!r}")
-        if mode == "raw":
-            return self.features
-        layers = range(self.num_layers) if mode == "normed" else [self.num_layers - 1]
-        out = self.features.clone()
-        with torch.no_grad():
-            for l in layers:
-                x = self.features[l].to(device=self.adapter.device, dtype=self.adapter.dtype)
-                out[l] = self.adapter.norm(x).to(device=out.device, dtype=out.dtype)
-        return out
+        return normed_features(self.adapter, self.features, mode)
 
 
 def _trained(spec: str, device, recipe_overrides: dict | None):
@@ -124,7 +114,7 @@ def load_layer_features(model: str, *, n_texts: int = 1000, n_documents: int = 1
     adapter = load_model(model, device=device)
     if adapter.vocabulary_readout:  # a causal LM: every token is a sample
         docs = data.load_english_corpus(seed=seed).test[:n_documents]
-        out = extract.extract(adapter, docs, pooling="tokens", readout=False, feature_norm=False,
+        out = extract.extract(adapter, docs, pooling="tokens", readout=False, feature_norm="raw",
                               batch_size=batch_size, cache_dir=cache_dir)
         return LayerFeatures(model, "tokens", out.features.float(), out.labels, "tokens",
                              f"{out.features.shape[1]} tokens of {len(docs)} English documents", adapter)

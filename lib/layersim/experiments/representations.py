@@ -7,12 +7,12 @@ Shapes: features (L, n, d) are stacked layer-first; layers are numbered 1..L in 
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
+from ..validate import whole_number
 
 __all__ = ["ClassMeanPCA", "class_mean_pca", "plot_class_means", "pick_layers", "mean_by_group"]
 
@@ -85,10 +85,9 @@ def class_mean_pca(features, labels, *, num_components: int = 2) -> ClassMeanPCA
     present = torch.unique(labels)
     if present.numel() < 2:
         raise ValueError(f"need samples of at least 2 classes for a PCA of class means; got classes {present.tolist()}")
-    if isinstance(num_components, bool) or not isinstance(num_components, int) or \
-            not 1 <= num_components <= min(present.numel() - 1, d):
-        raise ValueError(f"num_components must be an integer in 1..{min(present.numel() - 1, d)} (classes - 1, and "
-                         f"at most d); got {num_components!r}")
+    top = min(present.numel() - 1, d)
+    num_components = whole_number(num_components, "num_components", low=1, high=top,
+                                  what=f"an integer in 1..{top} (classes - 1, and at most d)")
     onehot = (labels[:, None] == present[None]).to(torch.float64)  # (n, C)
     means = torch.einsum("lnd,nc->lcd", feats, onehot) / onehot.sum(0)[None, :, None]  # (L, C, d)
     centers, components, coords, explained = [], [], [], []
@@ -111,8 +110,7 @@ def plot_class_means(ax, pca: ClassMeanPCA, layer: int, *, samples=None, sample_
     """Draw the class means of 1-based `layer` in its PCA plane on `ax` (one colour per class), with
     `samples` (their (L, m, d) features) as faint dots of their class's colour when given."""
     L = pca.means.shape[0]
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 1 <= layer <= L:
-        raise ValueError(f"layer must be an integer in 1..{L} (layers are numbered from 1); got {layer!r}")
+    layer = whole_number(layer, "layer", low=1, high=L, what=f"an integer in 1..{L} (layers are numbered from 1)")
     C = pca.means.shape[1]
     colours = [f"C{c % 10}" for c in range(C)]
     if samples is not None:
@@ -137,8 +135,7 @@ def pick_layers(num_layers: int, max_panels: int = 8) -> list:
     """Up to `max_panels` layers out of 1..L, evenly spaced, always with layer 1 and layer L (all of them
     when L <= max_panels)."""
     for name, value in (("num_layers", num_layers), ("max_panels", max_panels)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        whole_number(value, name, low=1)
     if num_layers <= max_panels:
         return list(range(1, num_layers + 1))
     if max_panels == 1:
@@ -159,8 +156,7 @@ def mean_by_group(values, groups, num_groups: int) -> tuple:
     if values.dim() != 2 or not values.is_floating_point():
         raise ValueError(f"values must be a float (L, n) tensor; got {values.dtype} of shape {tuple(values.shape)}")
     values = values.detach().cpu().to(torch.float64)
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive integer; got {num_groups!r}")
+    num_groups = whole_number(num_groups, "num_groups", low=1)
     groups = _labels(groups, values.shape[1])
     if groups.numel() and (int(groups.min()) < 1 or int(groups.max()) > num_groups):
         raise ValueError(f"groups must be numbered 1..{num_groups}; got {int(groups.min())}..{int(groups.max())}")

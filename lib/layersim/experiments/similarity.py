@@ -21,6 +21,7 @@ import torch
 
 from .. import metrics
 from ._checks import _count, _features, _size, _square
+from ..validate import real_number
 
 __all__ = ["SimilarityTrends", "similarity_trends", "typical_distance", "inject_outlier_samples",
            "inject_outlier_dimensions", "mean_pair_change", "OutlierSweep", "outlier_sweep",
@@ -205,8 +206,7 @@ def massive_activation_samples(feats, *, factor: float = 10.0) -> torch.Tensor:
     (Sun et al. 2024, "Massive activations in large language models"); this finds them.
     """
     feats = _features(feats, min_samples=2)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
-        raise ValueError(f"factor must be a number > 1 (how many times the median length); got {factor!r}")
+    factor = real_number(factor, "factor", low=1, low_open=True, what="a number > 1 (how many times the median length)")
     norms = feats.norm(dim=2)  # (L, n)
     median = norms.median(dim=1, keepdim=True).values
     return (norms > factor * median).any(0)

@@ -2,12 +2,12 @@
 against the plain forward (`measure_early_exit`, `plain_forward`)."""
 from __future__ import annotations
 
-import numbers
 import statistics
 import time
 
 import pandas as pd
 import torch
+from ..validate import whole_number
 
 __all__ = ["time_fixed_exits", "plain_forward", "measure_early_exit"]
 
@@ -32,8 +32,7 @@ def time_fixed_exits(adapter, batch, *, reader=None, repeats: int = 5, warmup: i
 
     adapter = adapt(adapter)
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        whole_number(value, name, low=low, what=f"an integer >= {low}")
     L = adapter.num_layers
     device = adapter.device
 

@@ -83,8 +83,14 @@ def check_labels(labels, n: int, num_classes: Optional[int] = None, *, where: st
     return labels
 
 
-def saturation_layer(preds) -> torch.Tensor:
-    """Saturation layer of every sample -> (n,) int64 tensor of layers numbered 1..L.
+# how saturation layers are numbered: ours from 1 (layer l is the output of block l, as everywhere in layersim);
+# the authors' GPT-2 code from 0 (their histograms' bins 0..L-1 are our layers 1..L: the same events)
+SATURATION_NUMBERING = {"layersim": 1, "authors": 0}
+
+
+def saturation_layer(preds, *, numbering: str = "layersim") -> torch.Tensor:
+    """Saturation layer of every sample -> (n,) int64 tensor of layers numbered 1..L (``numbering="authors"``:
+    0..L-1, as the authors' GPT-2 code numbers them, to reproduce their histograms exactly).
 
     ``preds``: (L, n) per-layer argmax predictions (integer class indices), e.g. of the last-layer
     classifier applied to every layer; (L, n, C) logits are also accepted (their argmax is used).
@@ -92,12 +98,14 @@ def saturation_layer(preds) -> torch.Tensor:
     >= l equals the final layer's prediction (the model's own answer, not the label). L means the
     prediction only settles at the last layer; l < L is an early saturation event.
     """
+    if numbering not in SATURATION_NUMBERING:
+        raise ValueError(f"numbering must be one of {sorted(SATURATION_NUMBERING)}, got {numbering!r}")
     preds = as_predictions(preds, "preds")
     num_layers = preds.shape[0]
     agrees = preds == preds[-1:]
     # Number of trailing layers (counting back from the last) that agree with the last layer.
     trailing = torch.cumprod(agrees.flip(0).long(), dim=0).sum(dim=0)
-    return num_layers - trailing + 1
+    return num_layers - trailing + SATURATION_NUMBERING[numbering]
 
 
 def layerwise_accuracy(logits_or_preds, labels, *, num_classes: Optional[int] = None) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..storage import stable_hash, weights_fingerprint
+from ..validate import whole_number
 
 POOLINGS = ("cls", "mean", "last", "tokens")
 
@@ -274,9 +275,8 @@ class LayerAdapter(metaclass=_SelfChecked):
         """Run blocks state.layer+1 .. stop (1-based; state.layer <= stop <= L) -> the state after block stop."""
         if not isinstance(state, BlockState):
             raise ValueError(f"run_blocks takes the BlockState of begin(batch), got {type(state).__name__}")
-        if isinstance(stop, bool) or not isinstance(stop, int) or not state.layer <= stop <= self.num_layers:
-            raise ValueError(f"stop must be a layer in {state.layer}..{self.num_layers} (the state is after block "
-                             f"{state.layer}), got {stop!r}")
+        stop = whole_number(stop, "stop", low=state.layer, high=self.num_layers,
+                            what=f"a layer in {state.layer}..{self.num_layers} (the state is after block {state.layer})")
         tokens = state.tokens
         for block in self.block_modules()[state.layer:stop]:
             out = block(tokens, *state.block_args, **state.block_kwargs)

@@ -18,6 +18,7 @@ from ..storage import stable_hash
 from .base import BlockState, Hidden, LayerAdapter, check_upto
 from .families import (find_blocks, find_encoder_head, find_final_norm, find_projection, logit_rescaling,
                        per_layer_attention)
+from ..validate import whole_number
 
 
 class _StopForward(Exception):
@@ -34,9 +35,7 @@ class _HFText(LayerAdapter):
         super().__init__(model, name=name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
                          final_norm=final_norm)
         self.tokenizer = tokenizer
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
-        self.max_length = max_length
+        self.max_length = whole_number(max_length, "max_length", low=2, what="an integer >= 2 (tokens)")
         self.num_layers = model.config.num_hidden_layers
         self.width = model.config.hidden_size
         self.base = model.base_model

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..storage import atomic_save
+from ..validate import real_number, whole_number
 from .inputs import check_images
 
 
@@ -46,10 +47,8 @@ class ViTConfig:
     def __post_init__(self):
         for name in ("image_size", "in_chans", "patch_size", "depth", "width", "heads", "num_classes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or not self.mlp_ratio > 0:
-            raise ValueError(f"ViTConfig.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+            whole_number(value, f"ViTConfig.{name}", low=1)
+        real_number(self.mlp_ratio, "ViTConfig.mlp_ratio", low=0, low_open=True, what="a positive number")
         if not isinstance(self.multi_exit, bool):
             raise ValueError(f"ViTConfig.multi_exit must be True or False, got {self.multi_exit!r}")
         if self.patch_size > self.image_size:

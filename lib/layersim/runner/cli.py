@@ -15,6 +15,7 @@ from .profiles import (PROFILES, ProfileError, check_profile_name, default_noteb
                        list_notebooks, plan)
 from .report import write_report
 from .results import INDEX_FILE, MATHJAX_DIR, REPORT_FILE, last_results
+from ..validate import whole_number
 
 
 def regenerate(profile: str, *, only: Optional[Sequence[str]] = None, notebooks_dir: Optional[Path] = None,
@@ -28,8 +29,7 @@ def regenerate(profile: str, *, only: Optional[Sequence[str]] = None, notebooks_
     interrupted.
     """
     check_profile_name(profile)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a whole number >= 1 (notebooks run side by side); got {jobs!r}")
+    jobs = whole_number(jobs, "jobs", low=1, what="a whole number >= 1 (notebooks run side by side)")
     notebooks_dir = Path(notebooks_dir or default_notebooks_dir()).resolve()
     out_root = Path(results_dir or default_results_dir()).resolve() / profile
     runs_plan = plan(profile, notebooks_dir, only)  # raises before anything runs

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ..storage import atomic_write_text, replacing_folder
+from ..storage import atomic_folder, atomic_write_text
 from .report import _check_name, _checks, _fmt, _status_text, _when
 from .results import REPORT_FILE, NotebookRun, _now
 
@@ -76,7 +76,7 @@ def install_mathjax(folder: Path) -> Path:
     stamp = f"jupyter-server-mathjax {version('jupyter-server-mathjax')}\n"
     if (folder / ".source").exists() and (folder / ".source").read_text() == stamp:
         return folder
-    with replacing_folder(folder) as tmp:
+    with atomic_folder(folder, replace=True) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_MATHJAX_SKIP))
         (tmp / ".source").write_text(stamp)
         for p in [tmp, *tmp.rglob("*")]:  # a folder others can read, like any results

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from ..storage import atomic_savefig, atomic_write_json
+from ..validate import real_number
 
 METRICS_FILE = "metrics.json"
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -77,8 +78,7 @@ def _validate_claim_entry(name: str, entry: Any, source: str) -> dict:
     if entry["op"] not in _OPS:
         raise ValueError(f"{where}: op must be one of {sorted(_OPS)}; got {entry['op']!r}")
     threshold = entry["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ValueError(f"{where}: threshold must be a finite number; got {threshold!r}")
+    real_number(threshold, f"{where}: threshold", what="a finite number")
     for key in ("value", "why"):
         if not isinstance(entry[key], str) or not entry[key].strip():
             raise ValueError(f"{where}: {key!r} must say in words what is measured / why this threshold")

@@ -576,9 +576,9 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
     """Write `tokenizer` (save_pretrained) into `folder`, replacing it atomically."""
-    from ..storage import replacing_folder
+    from ..storage import atomic_folder
 
-    with replacing_folder(folder) as tmp:
+    with atomic_folder(folder, replace=True) as tmp:
         tokenizer.save_pretrained(str(tmp))
 
 
