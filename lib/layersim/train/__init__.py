@@ -20,6 +20,10 @@ Modules: `config` (TrainConfig, recipes, overrides), `tasks` (data + model behin
 `loop` (the step, the schedule, the loop), `dist` (processes, devices, bf16), `evaluate` (every layer on
 the test split), `runs` (the run folder, its log, load_run, train_cached), `checkpoint` (atomic, verified
 checkpoints), `cli`.
+
+Log records (log.jsonl, ``run.log``) name each reader by a prefix: ``layer_acc``, ``layer_nll``,
+``layer_saturation_hist``, ``layer_early_saturation`` (and ``layer_ppl`` for a vocabulary) for the shared
+last-layer classifier at every layer, the same fields under ``exit_`` for a multi-exit model's own heads.
 """
 from .checkpoint import CheckpointError
 from .cli import main

@@ -1,5 +1,10 @@
-"""Evaluation of a trained (or training) model: every layer read on the whole test split, by the shared
-last-layer classifier and by a multi-exit model's own exit heads."""
+"""Evaluation of a trained (or training) model: every layer read on the whole test split.
+
+Two readers, one prefix each in the result (and so in every record of log.jsonl): ``layer_...`` for the
+shared last-layer classifier read at every layer, ``exit_...`` for a multi-exit model's own exit heads.
+Each reader gets the same fields: ``_acc``, ``_nll``, ``_saturation_hist``, ``_early_saturation`` and, for
+a vocabulary, ``_ppl``.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -40,14 +45,15 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
              batch_size: int = 256, autocast=contextlib.nullcontext) -> dict:
     """Every layer read by the shared last-layer classifier (and by each exit head) on the test split.
 
-    Returns {"layer_acc": (L) accuracy, "layer_nll": (L) mean cross-entropy (for a language model per token:
-    exp of it is the layer's perplexity, also under "layer_ppl"), "saturation_hist": (L) samples whose
-    prediction saturates at layer l (PAPER.md), "early_saturation": share saturating before layer L,
-    "test_loss": cross-entropy of the model's own prediction, "n_test": samples (tokens for a language
-    model)}; a multi-exit model adds the same for its exit heads ("exit_acc", "exit_nll",
-    "exit_saturation_hist", "exit_early_saturation"). The logits are formed in chunks of samples
-    (`layersim.models.read_chunks`), so a vocabulary never needs (L, tokens, V) at once. Under torchrun each rank
-    takes samples r, r+W, ... and the counts are all-reduced.
+    Returns, for the shared head, {"layer_acc": (L) accuracy, "layer_nll": (L) mean cross-entropy (for a
+    language model per token: exp of it is the layer's perplexity, also under "layer_ppl"),
+    "layer_saturation_hist": (L) samples whose prediction saturates at layer l (PAPER.md),
+    "layer_early_saturation": share saturating before layer L}, plus "test_loss": cross-entropy of the
+    model's own prediction and "n_test": samples (tokens for a language model). A multi-exit model adds the
+    same fields for its exit heads under the prefix "exit_" ("exit_acc", "exit_nll", "exit_saturation_hist",
+    "exit_early_saturation", "exit_ppl"); otherwise "exit_acc" is None. The logits are formed in chunks of
+    samples (`layersim.models.read_chunks`), so a vocabulary never needs (L, tokens, V) at once. Under
+    torchrun each rank takes samples r, r+W, ... and the counts are all-reduced.
     """
     from ..metrics.readout import readout_stats
     from ..models import as_reader, eval_mode, read_chunks
@@ -75,8 +81,6 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
     n = totals[-1].item()
     vocabulary = adapter.vocabulary_readout
     result = _summary(totals[:3 * L], n, L, "layer", vocabulary)
-    result["saturation_hist"] = result.pop("layer_saturation_hist")
-    result["early_saturation"] = result.pop("layer_early_saturation")
     if heads is not None:
         result.update(_summary(totals[3 * L:6 * L], n, L, "exit", vocabulary))
     else:

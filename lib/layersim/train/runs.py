@@ -4,6 +4,11 @@ A run folder holds config.yaml (the resolved config), log.jsonl (one record per 
 (and checkpoint.prev.pt) while training, model.pt at the end, and for a language model with its own
 tokenizer a tokenizer/ folder beside model.pt. `load_run` reads a finished run back as a `TrainResult`;
 `train_cached` keeps runs in the shared cache, one folder per config (`run_folder_name`).
+
+Log records name the readers by prefix: ``layer_...`` (the shared last-layer classifier at every layer) and
+``exit_...`` (a multi-exit model's own heads); see `layersim.train.evaluate`. Logs written before that
+naming (``saturation_hist``, ``early_saturation`` for the shared head) are read under the new names
+(`OLD_LOG_KEYS`), so cached runs keep working.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ LOCK_FILE = ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ckpt.CHECKPOINT, ckpt.PREVIOUS, ckpt.CHECKPOINT + ".corrupt", MODEL_FILE)
 MODEL_FORMAT = "layersim.train.model"
 TOKENIZER_DIR = "tokenizer"  # a language model's own tokenizer (tokenizer: bpe or a name), beside model.pt
+
+# log keys of runs written before every reader had its own prefix -> their names now
+OLD_LOG_KEYS = {"saturation_hist": "layer_saturation_hist", "early_saturation": "layer_early_saturation"}
 
 
 class RunConflictError(ValueError):
@@ -70,15 +78,21 @@ class TrainResult:
 
 
 # ---- the log ---------------------------------------------------------------------------------------------------
+def _current_keys(record: dict) -> dict:
+    if not any(old in record for old in OLD_LOG_KEYS):
+        return record
+    return {OLD_LOG_KEYS.get(k, k): v for k, v in record.items()}
+
+
 def read_log(folder: Path) -> list:
-    """The complete records of `folder`/log.jsonl (a line cut by a kill ends it)."""
+    """The complete records of `folder`/log.jsonl (a line cut by a kill ends it), old keys renamed."""
     path = folder / LOG_FILE
     if not path.exists():
         return []
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            records.append(_current_keys(json.loads(line)))
         except json.JSONDecodeError:
             break  # a line cut by a kill: only complete lines count
     return records
