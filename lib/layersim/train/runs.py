@@ -26,7 +26,7 @@ import yaml
 from ..storage import atomic_write_text, clean_leftovers, default_cache_dir, load_or_build
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, differences, identity, identity_hash, resolve, to_yaml
-from .tasks import build_model, pipeline_from_info
+from .tasks import Split, build_model, lm_test_sequences, load_splits, pipeline_from_info
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
@@ -54,6 +54,8 @@ class TrainResult:
     1..L after the last epoch; exit_acc: each layer's own exit head (multi-exit only); log: the records
     of log.jsonl; dir: the run folder; info: the data the model was trained on (classes, input
     normalisation); trained: whether this call trained (False when it read a finished run back).
+    `test_split()` is the test split the run was evaluated on, `prepare(inputs)` readies its images for
+    the model.
     """
 
     adapter: Any
@@ -65,10 +67,34 @@ class TrainResult:
     dir: Path
     info: dict = field(default_factory=dict)
     trained: bool = False  # this call ran training steps (False: read back from a finished run)
+    _test: Optional[Split] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model(self) -> nn.Module:
         return self.adapter.model
+
+    @property
+    def kind(self) -> str:
+        """What the run was trained on: "image" or "text" (classification), "lm" (language modelling)."""
+        return self.info["kind"]
+
+    @property
+    def classes(self) -> list:
+        """The class names of a classification run ([] for a language model)."""
+        return list(self.info.get("classes", []))
+
+    def test_split(self) -> Split:
+        """The test split the run was evaluated on, in the same order: built from the run's config the first
+        time it is asked for, then kept. ``split.take(indices)`` gives (inputs, labels): images (k, C, H, W)
+        in [0, 1] (`prepare` readies them for the model), a list of k texts, or for a language model
+        (k, seq_len) token ids (labels all 0: the targets are the next tokens)."""
+        if self._test is None:
+            if self.kind == "lm":
+                sequences = lm_test_sequences(self.config, self.adapter.tokenizer)
+                self._test = Split(sequences, torch.zeros(len(sequences), dtype=torch.long))
+            else:
+                self._test = load_splits(self.config)[1]
+        return self._test
 
     def prepare(self, inputs):
         """Images (n, C, H, W) in [0, 1] -> the model's input (resized, normalised as in training);
