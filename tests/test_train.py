@@ -147,12 +147,16 @@ def test_train_evaluates_every_layer_and_saved_model_reproduces_it(tmp_path):
     from layersim.metrics import saturation_layer
 
     by_hand = torch.bincount(saturation_layer(readout) - 1, minlength=2)
-    assert record["saturation_hist"] == by_hand.tolist()
-    assert record["early_saturation"] == pytest.approx(by_hand[0].item() / len(labels))
+    assert record["layer_saturation_hist"] == by_hand.tolist()
+    assert record["layer_early_saturation"] == pytest.approx(by_hand[0].item() / len(labels))
     assert "layer_ppl" not in record  # perplexity is reported for vocabularies only
     # the folder read back gives the same model and numbers; the ViT file also loads with load_model
     again = T.load_run(tmp_path / "run")
     assert not again.trained and again.layer_acc == result.layer_acc
+    # the run hands out the test split it was evaluated on: built once, the same samples in the same order
+    split = again.test_split()
+    assert split is again.test_split() and again.kind == "image" and again.classes == task.classes
+    assert torch.equal(split.inputs, task.test.inputs) and torch.equal(split.labels, task.test.labels)
     assert_same_weights(again.model.state_dict(), result.model.state_dict())
     from layersim.models import load_model
 
@@ -175,10 +179,34 @@ def test_standard_and_multi_exit_runs(tmp_path):
     multi = T.train(TINY, tmp_path / "multi", epochs=1, objective="multi_exit")
     assert multi.exit_acc is not None and len(multi.exit_acc) == 2 and std.exit_acc is None
     assert "exit_acc" in multi.log[-1] and "exit_acc" not in std.log[-1]
+    # one prefix per reader, the same fields for each: layer_* (shared head), exit_* (own heads)
+    fields = lambda record, prefix: {k[len(prefix):] for k in record if k.startswith(prefix)}  # noqa: E731
+    assert fields(multi.log[-1], "layer_") == fields(multi.log[-1], "exit_") == {
+        "acc", "nll", "saturation_hist", "early_saturation"}
+    assert not fields(std.log[-1], "exit_") and "saturation_hist" not in multi.log[-1]
     assert multi.exit_acc[-1] == multi.layer_acc[-1]  # layer L: the exit head is the model's own head
     assert multi.model.exit_heads is not None and std.model.exit_heads is None
     again = T.load_run(tmp_path / "multi")
     assert_same_weights(again.heads.state_dict(), multi.heads.state_dict())
+
+
+def test_a_log_written_with_the_old_keys_is_read_under_the_new_names(tmp_path):
+    """Runs cached before every reader had its own prefix logged saturation_hist / early_saturation for the
+    shared head: load_run (and so train_cached) reads them as layer_saturation_hist / layer_early_saturation."""
+    result = T.train(TINY, tmp_path / "run", epochs=1, checkpoint_every=0)
+    new = result.log
+    old_names = {"layer_saturation_hist": "saturation_hist", "layer_early_saturation": "early_saturation"}
+    (tmp_path / "run" / "log.jsonl").write_text(
+        "".join(json.dumps({old_names.get(k, k): v for k, v in r.items()}) + "\n" for r in new))
+    assert "saturation_hist" in log_of(tmp_path / "run")[-1]  # the file really holds the old names
+    again = T.load_run(tmp_path / "run")
+    assert again.log == new and list(again.log[-1]) == list(new[-1])  # same values, same names, same order
+    cached = T.train_cached(TINY, cache_dir=tmp_path / "cache", epochs=1, checkpoint_every=0)
+    old_log = cached.dir / "log.jsonl"
+    old_log.write_text(old_log.read_text().replace('"layer_saturation_hist"', '"saturation_hist"')
+                       .replace('"layer_early_saturation"', '"early_saturation"'))
+    reread = T.train_cached(TINY, cache_dir=tmp_path / "cache", epochs=1, checkpoint_every=0)
+    assert not reread.trained and reread.log == cached.log and "saturation_hist" not in reread.log[-1]
 
 
 def test_schedule_warms_up_then_decays_to_zero(tmp_path):

@@ -67,7 +67,7 @@ def test_small_gpt_trains_three_ways_and_evaluation_matches_extract_and_lm_repor
         L = run.adapter.num_layers
         assert L == 2 and len(rec["layer_acc"]) == L and run.info["kind"] == "lm"
         assert rec["train_loss"] < math.log(300)  # learned something beyond a uniform guess
-        assert sum(rec["saturation_hist"]) == rec["n_test"]
+        assert sum(rec["layer_saturation_hist"]) == rec["n_test"]
         assert rec["layer_ppl"] == pytest.approx([math.exp(v) for v in rec["layer_nll"]], rel=1e-9)
         assert (rec.get("exit_acc") is not None) == (obj == "multi_exit")
     # the loop's chunked evaluation == extract's streamed summaries read by layersim.lm (independent path)
@@ -76,14 +76,15 @@ def test_small_gpt_trains_three_ways_and_evaluation_matches_extract_and_lm_repor
     assert tokens.decode(tokens("the cat sat")["input_ids"]) == "the cat sat"
     from layersim.train.tasks import build_task
 
-    test = build_task(run.config).test.inputs
+    test = run.test_split().inputs  # the run's own test sequences: those the loop evaluated
+    assert torch.equal(test, build_task(run.config).test.inputs) and run.kind == "lm" and run.classes == []
     report = next_token_report(extract(run.adapter, token_batches(test, 16), pooling="tokens", progress=False))
     rec = run.log[-1]
     assert report.num_tokens == rec["n_test"]
     assert report.accuracy.tolist() == pytest.approx(rec["layer_acc"], abs=1e-6)
     assert report.perplexity.tolist() == pytest.approx(rec["layer_ppl"], rel=1e-4)
-    assert report.saturation.early_fraction == pytest.approx(rec["early_saturation"], abs=1e-9)
-    assert report.saturation.histogram.tolist() == rec["saturation_hist"]
+    assert report.saturation.early_fraction == pytest.approx(rec["layer_early_saturation"], abs=1e-9)
+    assert report.saturation.histogram.tolist() == rec["layer_saturation_hist"]
 
 
 def test_gradient_accumulation_gives_the_same_weights(tmp_path, text_file):

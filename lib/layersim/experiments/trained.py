@@ -149,10 +149,11 @@ class RunReadout:
 
 
 def _test_split(run):
-    from ..train.tasks import load_splits
-
-    _, test, classes, kind = load_splits(run.config)
-    return test, list(classes), kind
+    """The test split of a classification run (images or texts), as the run hands it out."""
+    if run.kind not in ("image", "text"):
+        raise ValueError(f"{run.config.name} trains on {run.config.data} ({run.kind}), not a classification "
+                         "task: only image and text classifiers are read out sample by sample here")
+    return run.test_split()
 
 
 def _check_count(n, what: str) -> int:
@@ -180,13 +181,13 @@ class _PreparedImages:
 def run_inputs(run, indices) -> tuple:
     """The model inputs and labels of test samples `indices` of a trained run: (images (k, C, H, W) prepared
     as in training, or a list of k texts; labels (k,) int64)."""
-    test, _, kind = _test_split(run)
+    test = _test_split(run)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= len(test)):
         raise ValueError(f"indices must lie in 0..{len(test) - 1} (the test split of {run.config.name} has "
                          f"{len(test)} samples); got {idx.min()}..{idx.max()}")
     inputs, labels = test.take(idx)
-    return (run.prepare(inputs) if kind == "image" else inputs), labels.long()
+    return (run.prepare(inputs) if run.kind == "image" else inputs), labels.long()
 
 
 def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> RunReadout:
@@ -201,14 +202,14 @@ def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> Ru
     from ..train import identity_hash
 
     n = _check_count(n, "n")
-    test, classes, kind = _test_split(run)
+    test = _test_split(run)
     n = len(test) if n == 0 else n
     if n > len(test):
         raise ValueError(f"n={n} but the test split of {run.config.name} has only {len(test)} samples; pass n=0 "
                          "for all of them")
     adapter = run.adapter
     key = f"test-split:{identity_hash(run.config)}:{n}"
-    if kind == "image":
+    if run.kind == "image":
         data, labels = _PreparedImages(run, test, n, batch_size), None
     else:
         texts, labels = test.take(np.arange(n))
@@ -222,7 +223,8 @@ def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> Ru
                         cache_dir=cache_dir, data_key=key, reader=run.heads)
         exit_logits = exits.logits.float()
     name = f"{run.config.name} ({run.config.objective})"
-    return RunReadout(name, run.config.objective, features, logits, exit_logits, out.labels.long(), classes, run)
+    return RunReadout(name, run.config.objective, features, logits, exit_logits, out.labels.long(), run.classes,
+                      run)
 
 
 

@@ -17,12 +17,20 @@ From a notebook::
     run.layer_acc, run.adapter, run.log
 
 Modules: `config` (TrainConfig, recipes, overrides), `tasks` (data + model behind one interface),
-`loop` (the loop, evaluation, run folders, DDP), `checkpoint` (atomic, verified checkpoints), `cli`.
+`loop` (the step, the schedule, the loop), `dist` (processes, devices, bf16), `evaluate` (every layer on
+the test split), `runs` (the run folder, its log, load_run, train_cached), `checkpoint` (atomic, verified
+checkpoints), `cli`.
+
+Log records (log.jsonl, ``run.log``) name each reader by a prefix: ``layer_acc``, ``layer_nll``,
+``layer_saturation_hist``, ``layer_early_saturation`` (and ``layer_ppl`` for a vocabulary) for the shared
+last-layer classifier at every layer, the same fields under ``exit_`` for a multi-exit model's own heads.
 """
 from .checkpoint import CheckpointError
 from .cli import main
 from .config import KEYS, RUNTIME_KEYS, ConfigError, TrainConfig, identity, identity_hash, recipes, resolve
-from .loop import RunConflictError, TrainResult, evaluate, load_run, train, train_cached
+from .evaluate import evaluate
+from .loop import train
+from .runs import RunConflictError, TrainResult, load_run, train_cached
 from .tasks import Task, build_task, lm_test_sequences
 
 __all__ = ["train", "train_cached", "load_run", "TrainConfig", "TrainResult", "resolve", "recipes", "identity",

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from .loop import RunConflictError, train
+    from .loop import train
+    from .runs import RunConflictError
 
     try:
         result = train(cfg, args.out, overwrite=args.overwrite)
