@@ -11,7 +11,7 @@ one process in back-to-back pairs with alternating order; the number reported is
 paired ratios (the machine is shared and its load drifts; a pair sees nearly the same load).
 
 Rows:
-- aligned / standard through the loop's own step (`layersim.train.loop._Step`), ViT and MiniLM;
+- aligned / standard through the loop's own step (`layersim.train.loop.TrainStep`), ViT and MiniLM;
 - the loop's standard step against a plain ``CE(model(x), y)`` step of the same model (so that the
   standard side is not inflated by the loop: it reads every block like the aligned one);
 - our ViT's plain step against timm's plain step (same config, same weights, same batch).
@@ -37,7 +37,7 @@ from layersim.early_exit import paired_speedup
 from layersim.losses import make_objective
 from layersim.models import VisionTransformer, ViTConfig, adapt, load_model, state_dict_to_timm, timm_kwargs
 from layersim.train import resolve
-from layersim.train.loop import _optimizer, _scheduler, _Step
+from layersim.train.loop import make_optimizer, make_scheduler, TrainStep
 
 from bench_extract import texts  # noqa: E402  (the same generated snippets as the extraction benchmark)
 
@@ -60,9 +60,9 @@ def loop_step(adapter, objective_name: str, cfg, batch, labels):
     """One training step as layersim.train runs it (objective via the adapter, clip, AdamW, schedule)."""
     adapter.model.train()
     objective = make_objective(objective_name, adapter)
-    step = _Step(adapter, objective)
-    optimizer = _optimizer(step, cfg)
-    scheduler = _scheduler(optimizer, cfg, 10 ** 6)
+    step = TrainStep(adapter, objective)
+    optimizer = make_optimizer(step, cfg)
+    scheduler = make_scheduler(optimizer, cfg, 10 ** 6)
 
     def run():
         loss, _ = step(batch, labels)

@@ -1,7 +1,5 @@
 """layersim.experiments (similarity, geodesic, features) and layersim.device: claim-2 trends, outlier injection
 (claim 3), geodesic trajectories (claim 4), devices."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -16,7 +16,6 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from layersim import experiments, metrics  # noqa: E402
 from layersim.early_exit import ConfidenceExit, per_layer_logits, simulate  # noqa: E402
-from layersim.metrics import layerwise_accuracy  # noqa: E402
 from layersim.models import VisionTransformer, ViTConfig, adapt  # noqa: E402
 from _helpers import one_thread  # noqa: E402
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from layersim.metrics import cka_family, cos as cos_module  # noqa: E402  (internals without a public name)
 from layersim.metrics._stack import as_stack  # noqa: E402
+from _helpers import one_thread  # noqa: E402
 from layersim.metrics import (  # noqa: E402
     MinibatchCKA,
     StreamingCKA,
@@ -31,12 +32,10 @@ from layersim.metrics import (  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def _one_torch_thread():
     """Small tensors: one torch thread is faster on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,30 +29,17 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from layersim.metrics import (  # noqa: E402
-    MinibatchCKA,
-    StreamingCKA,
-    StreamingCOS,
-    StreamingMean,
-    cka,
-    cos_per_sample,
-    cos_similarity,
-    hsic,
-    layerwise_accuracy,
-    saturation_layer,
-    similarity_by_gap,
-    similarity_to_last,
-    trajectory_straightness,
-)
+from _helpers import one_thread  # noqa: E402
+from layersim.metrics import (MinibatchCKA, StreamingCKA, StreamingCOS, StreamingMean, cka,  # noqa: E402
+                              cos_per_sample, cos_similarity, hsic, layerwise_accuracy, saturation_layer,
+                              similarity_by_gap, similarity_to_last, trajectory_straightness)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def _one_torch_thread():
     """Small tensors: one torch thread is faster on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 _PROFILE = os.environ.get("LAYERSIM_HYPOTHESIS", "ci")
 if _PROFILE not in ("ci", "long"):

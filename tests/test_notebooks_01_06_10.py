@@ -6,7 +6,6 @@ values (parameter counts, the paper's savings).
 The smoke models are tiny (a 3-block ViT on 1,000 Fashion-MNIST images, MiniLM-L6 on 64 review snippets),
 trained once into data/cache/runs and shared; their accuracies are near chance for MiniLM, so the claim
 checks are asserted to be recorded and consistent, not to pass."""
-import math
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ import torch
 import yaml
 
 from layersim import train as T
-from layersim.losses import aligned_weights
 from layersim.metrics import layerwise_accuracy
-from layersim.train import checkpoint as ckpt
 from layersim.train.cli import main
 from layersim.train.tasks import ImagePipeline, random_crop
 from _helpers import one_thread  # noqa: E402

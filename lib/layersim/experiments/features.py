@@ -95,13 +95,12 @@ def load_layer_features(model: str, *, n_texts: int = 1000, n_documents: int = 1
         _count(value, name)
     device = resolve_device(device)
     if model.startswith(TRAINED_PREFIX):
-        from ..train.tasks import load_splits
-
         run = _trained(model, device, recipe_overrides)
-        _, test, classes, kind = load_splits(run.config)
+        kind = run.kind
         if kind != "image":
             raise ValueError(f"{model}: trained on {run.config.data} ({kind}); only image models are read this way. "
                              "A text model: name the saved run folder instead")
+        test = run.test_split()
         n = min(n_images, len(test))
         images, labels = test.take(range(n))
         adapter = run.adapter

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -23,11 +22,12 @@ import pandas as pd
 import torch
 
 from ..device import resolve_device
+from ..losses import OBJECTIVES
+from ..validate import whole_number
 
 __all__ = ["OBJECTIVES", "OBJECTIVE_LABELS", "train_models", "recipe_names", "RunReadout", "run_readout", "run_inputs",
            "exit_accuracy_table"]
 
-OBJECTIVES = ("standard", "aligned", "multi_exit")
 OBJECTIVE_LABELS = {"standard": "standard", "aligned": "aligned", "multi_exit": "multi-exit"}
 
 
@@ -157,9 +157,7 @@ def _test_split(run):
 
 
 def _check_count(n, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"{what} must be a whole number >= 0 (0: all); got {n!r}")
-    return int(n)
+    return whole_number(n, what, low=0, what="a whole number >= 0 (0: all)")
 
 
 class _PreparedImages:

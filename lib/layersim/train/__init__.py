@@ -28,7 +28,7 @@ last-layer classifier at every layer, the same fields under ``exit_`` for a mult
 from .checkpoint import CheckpointError
 from .cli import main
 from .config import KEYS, RUNTIME_KEYS, ConfigError, TrainConfig, identity, identity_hash, recipes, resolve
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .loop import train
 from .runs import RunConflictError, TrainResult, load_run, train_cached
 from .tasks import Task, build_task, lm_test_sequences

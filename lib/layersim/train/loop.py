@@ -39,7 +39,7 @@ from ..storage import atomic_save, file_lock
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, differences, identity, identity_hash, layer_weights, resolve
 from .dist import Dist, setup_distributed, to_device, use_bf16
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .runs import (LOCK_FILE, MODEL_FILE, TOKENIZER_DIR, TrainResult, append_log, keep_log, load_run,
                    model_payload, prepare_folder, read_log, save_tokenizer)
 from .tasks import build_task
@@ -61,7 +61,7 @@ def _seed(*parts: int) -> int:
 
 
 # ---- the training step as one module (so that DDP sees the whole forward) ------------------------------------
-class _Step(nn.Module):
+class TrainStep(nn.Module):
     """model + objective (incl. exit heads): forward(batch, labels) -> (loss, per-layer losses)."""
 
     def __init__(self, adapter, objective: nn.Module):
@@ -77,7 +77,7 @@ class _Step(nn.Module):
 
 
 # ---- optimizer and learning-rate schedule ----------------------------------------------------------------------
-def _optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for _, p in module.named_parameters():  # shared parameters once
         if p.requires_grad:
@@ -100,7 +100,7 @@ def schedule_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(step, cfg, total_steps))
 
 
@@ -151,7 +151,7 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
         heads = ExitHeads.for_adapter(adapter).to(dist.device)
     objective = make_objective(cfg.objective, adapter, weights=layer_weights(cfg), heads=heads,
                                label_smoothing=cfg.label_smoothing).to(dist.device)
-    step_module = _Step(adapter, objective)
+    step_module = TrainStep(adapter, objective)
     step_module.train()
 
     # ---- batches: the global batch cut into one share per rank, each share into grad_accum micro-batches
@@ -174,8 +174,8 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
     rows = [slice(dist.rank * share + i * micro, dist.rank * share + (i + 1) * micro) for i in range(A)]
 
     # ---- optimizer, schedule, precision
-    optimizer = _optimizer(step_module, cfg)
-    scheduler = _scheduler(optimizer, cfg, total)
+    optimizer = make_optimizer(step_module, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total)
     bf16 = use_bf16(cfg, dist.device)
 
     def autocast():

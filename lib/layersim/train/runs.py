@@ -6,7 +6,7 @@ tokenizer a tokenizer/ folder beside model.pt. `load_run` reads a finished run b
 `train_cached` keeps runs in the shared cache, one folder per config (`run_folder_name`).
 
 Log records name the readers by prefix: ``layer_...`` (the shared last-layer classifier at every layer) and
-``exit_...`` (a multi-exit model's own heads); see `layersim.train.evaluate`. Logs written before that
+``exit_...`` (a multi-exit model's own heads); see `layersim.train.evaluation`. Logs written before that
 naming (``saturation_hist``, ``early_saturation`` for the shared head) are read under the new names
 (`OLD_LOG_KEYS`), so cached runs keep working.
 """
