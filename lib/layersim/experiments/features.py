@@ -96,7 +96,7 @@ def load_layer_features(model: str, *, n_texts: int = 1000, n_documents: int = 1
     device = resolve_device(device)
     if model.startswith(TRAINED_PREFIX):
         run = _trained(model, device, recipe_overrides)
-        kind = run.kind
+        kind = run.data_kind
         if kind != "image":
             raise ValueError(f"{model}: trained on {run.config.data} ({kind}); only image models are read this way. "
                              "A text model: name the saved run folder instead")

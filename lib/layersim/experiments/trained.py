@@ -150,8 +150,8 @@ class RunReadout:
 
 def _test_split(run):
     """The test split of a classification run (images or texts), as the run hands it out."""
-    if run.kind not in ("image", "text"):
-        raise ValueError(f"{run.config.name} trains on {run.config.data} ({run.kind}), not a classification "
+    if run.data_kind not in ("image", "text"):
+        raise ValueError(f"{run.config.name} trains on {run.config.data} ({run.data_kind}), not a classification "
                          "task: only image and text classifiers are read out sample by sample here")
     return run.test_split()
 
@@ -160,9 +160,9 @@ def _check_count(n, what: str) -> int:
     return whole_number(n, what, low=0, what="a whole number >= 0 (0: all)")
 
 
-class _PreparedImages:
-    """Batches (images prepared for the model, labels) of test samples 0..n-1, made one batch at a time
-    (so that 10,000 CIFAR images at 224 px never sit in memory at once)."""
+class _PreparedBatches:
+    """Batches (inputs prepared for the model, labels) of test samples 0..n-1, made one batch at a time
+    (so that 10,000 CIFAR images at 224 px never sit in memory at once; texts pass through unchanged)."""
 
     def __init__(self, run, split, n: int, batch_size: int):
         self.run, self.split, self.n, self.batch_size = run, split, n, batch_size
@@ -185,7 +185,7 @@ def run_inputs(run, indices) -> tuple:
         raise ValueError(f"indices must lie in 0..{len(test) - 1} (the test split of {run.config.name} has "
                          f"{len(test)} samples); got {idx.min()}..{idx.max()}")
     inputs, labels = test.take(idx)
-    return (run.prepare(inputs) if run.kind == "image" else inputs), labels.long()
+    return run.prepare(inputs), labels.long()
 
 
 def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> RunReadout:
@@ -207,11 +207,7 @@ def run_readout(run, *, n: int = 0, batch_size: int = 256, cache_dir=None) -> Ru
                          "for all of them")
     adapter = run.adapter
     key = f"test-split:{identity_hash(run.config)}:{n}"
-    if run.kind == "image":
-        data, labels = _PreparedImages(run, test, n, batch_size), None
-    else:
-        texts, labels = test.take(np.arange(n))
-        data = list(texts)
+    data, labels = _PreparedBatches(run, test, n, batch_size), None
     out = extract(adapter, data, labels=labels, readout=True, keep_logits=True, batch_size=batch_size,
                   cache_dir=cache_dir, data_key=key)
     features, logits = out.features.float(), out.logits.float()

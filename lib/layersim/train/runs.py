@@ -74,7 +74,7 @@ class TrainResult:
         return self.adapter.model
 
     @property
-    def kind(self) -> str:
+    def data_kind(self) -> str:
         """What the run was trained on: "image" or "text" (classification), "lm" (language modelling)."""
         return self.info["kind"]
 
@@ -89,7 +89,7 @@ class TrainResult:
         in [0, 1] (`prepare` readies them for the model), a list of k texts, or for a language model
         (k, seq_len) token ids (labels all 0: the targets are the next tokens)."""
         if self._test is None:
-            if self.kind == "lm":
+            if self.data_kind == "lm":
                 sequences = lm_test_sequences(self.config, self.adapter.tokenizer)
                 self._test = Split(sequences, torch.zeros(len(sequences), dtype=torch.long))
             else:
