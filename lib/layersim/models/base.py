@@ -195,6 +195,7 @@ class LayerAdapter(metaclass=_SelfChecked):
     vocabulary_readout = False  # C is a vocabulary: read out per token, keep summaries rather than logits
     norm_before_pool = False  # the head normalises every token, then pools (timm ViTs with avg pooling, no fc_norm)
     has_final_norm = True  # pre-norm model with a final norm (False: post-norm encoders)
+    head_tokens = 1  # tokens the head reads per sample (2: a distilled DeiT's class and distillation tokens)
     settable_readout_poolings: tuple = ()  # other poolings the head can be switched to (`set_readout_pooling`)
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
@@ -400,10 +401,14 @@ class LayerAdapter(metaclass=_SelfChecked):
         states = torch.stack([self.norm(s) if self.norm_applies(l) else s for s, l in zip(hidden.states, numbers)])
         return self.pool(replace(hidden, states=states), head_pooling)
 
+    def head_normed(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
+        """Head inputs of 1-based `layer` with the final norm applied where the shared head applies it
+        (not again when the head inputs are already normalised tokens, ``norm_before_pool``)."""
+        return self.norm(vectors) if self.norm_applies(layer) and not self.norm_before_pool else vectors
+
     def head_pre(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
         """The shared head's steps before its last linear layer, on head inputs of 1-based `layer`."""
-        normed = self.norm_applies(layer) and not self.norm_before_pool
-        return self._pre_linear(self.norm(vectors) if normed else vectors)
+        return self._pre_linear(self.head_normed(vectors, layer))
 
     def exit_pre(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
         """What an exit head of `layer` reads: the head inputs with the final norm when ``final_norm``."""

@@ -68,9 +68,7 @@ class SharedHead(Reader):
         return self.adapter.head_pre(vectors, layer)
 
     def _read(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
-        adapter = self.adapter
-        normed = adapter.norm(vectors) if adapter.norm_applies(layer) and not adapter.norm_before_pool else vectors
-        return adapter._head(normed)
+        return self.adapter._head(self.adapter.head_normed(vectors, layer))
 
     def __repr__(self) -> str:
         return f"SharedHead({self.adapter.name}: {self.adapter.readout_formula()})"
@@ -88,9 +86,9 @@ class ExitHeads(nn.Module, Reader):
     def __init__(self, adapter, *, heads: nn.ModuleList | None = None):
         super().__init__()
         adapter._require_readout()
-        if getattr(adapter, "distilled", False):
-            raise ValueError(f"{adapter.name} reads two tokens with its head (distilled DeiT): exit heads of one "
-                             "vector per layer do not apply")
+        if adapter.head_tokens != 1:
+            raise ValueError(f"{adapter.name} reads {adapter.head_tokens} tokens with its head (a distilled DeiT): "
+                             "exit heads of one vector per layer do not apply")
         L, d, C = adapter.num_layers, adapter.width, adapter.num_classes
         self.num_layers, self.width, self.num_classes = L, d, C
         object.__setattr__(self, "adapter", adapter)  # not a submodule: the heads' state is their own

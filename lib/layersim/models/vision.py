@@ -90,6 +90,7 @@ class TimmViTAdapter(LayerAdapter):
         self.num_prefix = model.num_prefix_tokens
         self.has_class_token = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
         self.distilled = getattr(model, "head_dist", None) is not None
+        self.head_tokens = 2 if self.distilled else 1
         pool = getattr(model, "global_pool", "token")
         if pool not in ("token", "avg"):
             raise ValueError(f"{self.name} pools with global_pool={pool!r}; supported: 'token' and 'avg'")
