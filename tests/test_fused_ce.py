@@ -73,3 +73,24 @@ def test_bad_input():
         linear_cross_entropy(h, w, b, t, chunk_rows=0)
     with pytest.raises(ValueError, match="nothing to compute a mean"):
         linear_cross_entropy(h, w, b, torch.full_like(t, -100))
+
+
+def test_an_ignored_row_holding_nan_is_ignored_as_f_cross_entropy_ignores_it():
+    """Padding rows (target -100) may hold anything: NaN or Inf there must not reach the loss or the gradients,
+    whatever the vocabulary size that picks the fused path."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 8, generator=g)
+    weight = torch.randn(11, 8, generator=g)
+    bias = torch.randn(11, generator=g)
+    targets = torch.tensor([3, -100, 7, 0, -100, 10])
+    hidden[1] = float("nan")
+    hidden[4, 2] = float("inf")
+    h_ref, h_fused = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    valid = targets != -100
+    reference = F.cross_entropy(F.linear(h_ref[valid], weight, bias), targets[valid])
+    fused = linear_cross_entropy(h_fused, weight, bias, targets, chunk_rows=4)
+    assert torch.isfinite(fused) and torch.allclose(fused, reference, atol=1e-6)
+    fused.backward()
+    reference.backward()
+    assert torch.isfinite(h_fused.grad).all() and torch.equal(h_fused.grad[~valid], torch.zeros(2, 8))
+    assert torch.allclose(h_fused.grad[valid], h_ref.grad[valid], atol=1e-6)

@@ -248,3 +248,18 @@ def test_objectives_on_every_adapter_family(which):
     exits = adapter.read(hidden, reader=heads)
     assert torch.allclose(multi.loss, sum(F.cross_entropy(z, y) for z in exits) / L, atol=1e-5)
     assert torch.allclose(exits[-1], readout[-1], atol=1e-6)  # layer L is the model's own head
+
+
+def test_layer_weights_and_label_smoothing_are_checked_not_broadcast():
+    """A weight vector of the wrong length used to broadcast ((1,) weighted every layer 1; (L, 1) tripled the
+    loss) and NaN label smoothing silently became 0: both are errors now."""
+    g = torch.Generator().manual_seed(2)
+    logits, y = torch.randn(3, 5, 4, generator=g), torch.randint(0, 4, (5,), generator=g)
+    good = weighted_cross_entropy(logits, y, torch.tensor([0.2, 0.3, 0.5]))
+    assert torch.allclose(good, (torch.tensor([0.2, 0.3, 0.5]) * layer_cross_entropy(logits, y)).sum())
+    for bad in (torch.tensor([1.0]), torch.ones(3, 1), torch.tensor([0.5, float("nan"), 0.5]), torch.tensor([1.0, -1.0, 1.0])):
+        with pytest.raises(ValueError, match="layer weights"):
+            weighted_cross_entropy(logits, y, bad)
+    for smoothing in (float("nan"), -0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            layer_cross_entropy(logits, y, label_smoothing=smoothing)

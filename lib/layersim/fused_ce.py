@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .validate import whole_number
+from .validate import real_number, whole_number
 
 # rows per chunk: about this many logits at once (64 MB of float32), whatever the vocabulary
 CHUNK_ELEMENTS = 2 ** 24
@@ -47,6 +47,13 @@ def _check(hidden, weight, bias, targets, chunk_rows, ignore_index):
                          f"got values from {int(targets[valid].min())} to {int(targets[valid].max())}: does the "
                          "tokenizer's vocabulary match the model's?")
     chunk_rows = whole_number(chunk_rows, "chunk_rows", low=1)
+
+
+def _rows(hidden, targets, rows, dtype, ignore_index: int):
+    """One chunk of rows in the compute dtype; the rows of ignored targets are zeroed, so that a NaN or Inf
+    there (padding) never reaches the loss or the gradients, as F.cross_entropy ignores those rows."""
+    h, t = hidden[rows].to(dtype), targets[rows]
+    return torch.where((t != ignore_index)[:, None], h, torch.zeros((), dtype=dtype, device=h.device)), t
 
 
 def _chunk_terms(h, t, w, b, ignore_index: int, label_smoothing: float):
@@ -78,7 +85,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            total += _chunk_terms(hidden[rows].to(dtype), targets[rows], w, b, ignore_index, label_smoothing)[4].sum()
+            h, t = _rows(hidden, targets, rows, dtype, ignore_index)
+            total += _chunk_terms(h, t, w, b, ignore_index, label_smoothing)[4].sum()
         ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets)
         ctx.has_bias, ctx.settings = bias is not None, (chunk_rows, ignore_index, label_smoothing, dtype)
         return total
@@ -96,8 +104,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(b) if (need_b and b is not None) else None
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            h = hidden[rows].to(dtype)
-            logits, lse, valid, safe_t, _ = _chunk_terms(h, targets[rows], w, b, ignore_index, label_smoothing)
+            h, t = _rows(hidden, targets, rows, dtype, ignore_index)
+            logits, lse, valid, safe_t, _ = _chunk_terms(h, t, w, b, ignore_index, label_smoothing)
             # d loss / d logits = softmax - target distribution, zero for ignored rows (in the logits' memory)
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
@@ -133,8 +141,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     _check(hidden, weight, bias, targets, chunk_rows, ignore_index)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index, float(label_smoothing))
     if reduction == "sum":
         return total

@@ -35,7 +35,7 @@ from typing import Callable, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .validate import whole_number
+from .validate import real_number, whole_number
 
 OBJECTIVES = ("standard", "aligned", "multi_exit")
 WEIGHT_SCHEMES = ("linear", "uniform", "last")
@@ -120,6 +120,7 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
     if logits.dim() != 3:
         raise ValueError(f"expected logits of shape (layers, samples, classes), got {tuple(logits.shape)}")
     L, n, C = logits.shape
+    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     if targets.shape != (n,):
         raise ValueError(f"expected targets of shape ({n},) for logits {tuple(logits.shape)}, got "
                          f"{tuple(targets.shape)}")
@@ -133,9 +134,16 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
 
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, *,
                            label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
-    """sum_l weights[l] * CE(logits[l], targets): (L, n, C), (n,), (L,) -> scalar."""
+    """sum_l weights[l] * CE(logits[l], targets): (L, n, C), (n,), (L,) -> scalar. The weights must be L finite,
+    non-negative numbers (a weight vector of another length is an error, never broadcast)."""
     per_layer = layer_cross_entropy(logits, targets, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    return (weights.to(per_layer) * per_layer).sum()
+    weights = torch.as_tensor(weights, dtype=per_layer.dtype, device=per_layer.device)
+    if weights.shape != per_layer.shape:
+        raise ValueError(f"expected {per_layer.shape[0]} layer weights (one per layer of the logits), got shape "
+                         f"{tuple(weights.shape)}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"layer weights must be finite and >= 0, got {weights.tolist()}")
+    return (weights * per_layer).sum()
 
 
 # above this many logits (samples x classes of one layer) a reader that ends in one linear layer is fused with

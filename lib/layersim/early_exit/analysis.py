@@ -113,12 +113,22 @@ def _as_logits(logits) -> torch.Tensor:
     return logits
 
 
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """Refuse NaN or infinite logits (an exit, a saturation layer or an accuracy decided on them means nothing)."""
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"logits hold {bad} NaN or infinite values: an exit decided on them would be meaningless; "
+                         "check the model's outputs (or the extraction) that produced them")
+    return logits
+
+
 def summarize(logits) -> LayerSummaries:
     """(L, n, C) per-layer logits -> `LayerSummaries` (argmax, max probability, entropy, probability of
     the final layer's prediction), computed one layer at a time (memory of one (n, C) softmax)."""
     logits = _as_logits(logits)
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float tensor (L, n, C), got {_describe(logits)}")
+    check_finite(logits)
     if logits.shape[2] < 1 or logits.shape[0] < 1:
         raise ValueError(f"logits must have at least one layer and one class, got shape {tuple(logits.shape)}")
     final_pred = logits[-1].argmax(-1)

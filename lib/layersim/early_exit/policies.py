@@ -24,7 +24,7 @@ import torch
 from layersim.metrics.readout import check_labels
 from layersim.validate import real_number, whole_number
 
-from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries
+from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries, check_finite
 
 __all__ = ["ExitPolicy", "ConfidenceExit", "EntropyExit", "PatienceExit", "FixedExit", "make_policy", "POLICIES",
            "ExitResult", "simulate", "sweep", "sweep_policies", "pareto_front", "choose_by_accuracy_drop"]
@@ -193,7 +193,8 @@ class _LogitSource:
         self.num_layers, self.num_samples = logits.shape[:2]
 
     def layer(self, layer: int, rows: torch.Tensor) -> dict:
-        return _layer_summary(self.logits[layer - 1, rows.to(self.logits.device)])
+        # checked as read: a layer after a sample's exit is never read, so it may hold anything
+        return _layer_summary(check_finite(self.logits[layer - 1, rows.to(self.logits.device)]))
 
 
 class _SummarySource:
