@@ -238,15 +238,6 @@ class HFEncoder(_HFText):
         if readout_pooling is not None:
             self.set_readout_pooling(readout_pooling, check=False)
 
-    def set_readout_pooling(self, pooling: str, *, check: bool = True) -> "HFEncoder":
-        allowed = ("cls", "mean")
-        if pooling not in allowed:
-            raise ValueError(f"the head of {self.name} can read pooling 'cls' or 'mean', not {pooling!r}")
-        self.readout_pooling = pooling
-        if check:
-            self.self_check()
-        return self
-
     def settings(self) -> dict:
         out = super().settings()
         out.pop("readout_pooling", None)
