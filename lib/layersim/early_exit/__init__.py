@@ -8,7 +8,11 @@ Two ways to measure "elastic inference" (one model, any depth budget):
   `FixedExit`) run by `simulate`, swept by `sweep` / `sweep_policies`, compared by `pareto_front`;
 - from real forward passes that stop at the exit (honest about time): `exit_at_layer` (a fixed exit for
   the batch), `early_exit` (per sample: exited samples leave the batch), `generate_at_layer` (a causal
-  LM read out at layer l), `paired_speedup`; FLOPs counted on the real modules by `count_flops`.
+  LM read out at layer l), `paired_speedup`; FLOPs counted on the real modules by `count_flops`;
+- for language models, self-speculative decoding (`self_speculative_generate`: layers 1..E draft with the
+  shared head, the whole model verifies, the output is the model's own), its plain baseline with the same
+  cache (`greedy_generate`), and its speed-up predicted from one teacher-forced pass (`draft_agreement`,
+  `measure_decode_costs`, `predict_speedup`) and measured (`measure_speedup`).
 
 Parameter savings of one shared classifier against L: `parameter_savings`, `savings_table`.
 
@@ -27,6 +31,8 @@ from .analysis import (Calibration, LayerSummaries, Overthinking, SaturationStat
                        saturation_layer, summarize)
 from .flops import FlopsProfile, count_flops, flop_counter
 from .inference import early_exit, exit_at_layer, generate_at_layer, paired_speedup, per_layer_logits
+from .speculative import Generation, greedy_generate, prompt_ids, self_speculative_generate
+from .speedup import draft_agreement, first_divergence, measure_decode_costs, measure_speedup, predict_speedup
 from .params import AUTHORS_SAVINGS, NOMINAL_SIZES, ParameterSavings, parameter_savings, savings_table
 from .policies import (POLICIES, ConfidenceExit, EntropyExit, ExitPolicy, ExitResult, FixedExit, PatienceExit,
                        choose_by_accuracy_drop, make_policy, pareto_front, simulate, sweep, sweep_policies)
@@ -39,4 +45,5 @@ __all__ = ["Calibration", "LayerSummaries", "Overthinking", "SaturationStats", "
            "AUTHORS_SAVINGS", "NOMINAL_SIZES", "ParameterSavings", "parameter_savings", "savings_table", "POLICIES",
            "ConfidenceExit", "EntropyExit", "ExitPolicy", "ExitResult", "FixedExit", "PatienceExit",
            "choose_by_accuracy_drop", "make_policy", "pareto_front", "simulate", "sweep", "sweep_policies",
-           "BlockState"]
+           "BlockState", "Generation", "greedy_generate", "prompt_ids", "self_speculative_generate",
+           "draft_agreement", "first_divergence", "measure_decode_costs", "measure_speedup", "predict_speedup"]

@@ -27,6 +27,7 @@ from layersim.models import adapt, as_reader, eval_mode
 from layersim.validate import whole_number
 
 from .policies import ExitPolicy, ExitResult
+from .speculative import prompt_ids
 
 __all__ = ["per_layer_logits", "exit_at_layer", "early_exit", "generate_at_layer",
            "paired_speedup"]
@@ -137,18 +138,7 @@ def generate_at_layer(adapter, prompt, layer: int, *, max_new_tokens: int = 20,
     _check_layer(layer, adapter.num_layers)
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", low=1)
     tokenizer = getattr(adapter, "tokenizer", None)
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise ValueError(f"{adapter.name} has no tokenizer: pass the prompt as a (1, T) tensor of token ids")
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    else:
-        ids = torch.as_tensor(prompt)
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.is_floating_point():
-            raise ValueError(f"prompt must be a string or a (1, T) integer tensor of token ids, got shape "
-                             f"{tuple(ids.shape)}")
-    ids = ids.long().to(adapter.device)
+    ids = prompt_ids(adapter, prompt)
     eos = getattr(tokenizer, "eos_token_id", None) or getattr(adapter.model.config, "eos_token_id", None)
     eos = eos if stop_at_eos else None
     start = ids.shape[1]

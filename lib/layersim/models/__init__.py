@@ -14,6 +14,7 @@ The house: `base` (Hidden, the adapter interface), `families` (where each family
 """
 from .base import (AUTHORS_GPT2_READOUT, LOGIT_ELEMENTS_PER_CHUNK, POOLINGS, BlockState, Hidden, LayerAdapter,
                    check_upto, eval_mode, layer_indices, layer_number)
+from .decoder import DecoderSteps, decoder_steps
 from .families import is_encoder_type, is_seq2seq_type
 from .loading import OFFLINE_MODELS, adapt, load_model, minilm_path, smollm2_path
 from .readers import ExitHeads, Reader, SharedHead, as_reader, read_chunks
@@ -22,7 +23,7 @@ from .text import HFCausalLM, HFEncoder, tokenizer_fingerprint
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import ViTConfig, VisionTransformer, state_dict_from_timm, state_dict_to_timm, timm_kwargs
 
-__all__ = ["load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS", "POOLINGS", "Hidden",
+__all__ = ["DecoderSteps", "decoder_steps", "load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS", "POOLINGS", "Hidden",
            "BlockState", "LayerAdapter", "ViTAdapter", "TimmViTAdapter", "HFEncoder", "HFCausalLM",
            "Reader", "SharedHead", "ExitHeads", "as_reader", "read_chunks", "SelfCheckError",
            "AUTHORS_GPT2_READOUT", "LOGIT_ELEMENTS_PER_CHUNK", "VisionTransformer", "ViTConfig", "eval_mode",

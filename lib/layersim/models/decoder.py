@@ -1,0 +1,152 @@
+"""A causal LM run block by block with a key-value cache: the explicit loop that decoding builds on.
+
+`DecoderSteps(adapter)` runs any contiguous range of blocks on any new positions, each block appending
+those positions to its own layer of the cache, so that different layers may hold different lengths (the
+first E layers run ahead while drafting; the rest catch up in one verify pass). Batch size 1, no padding.
+
+    steps = DecoderSteps(adapter)                  # self-checked against the model's own logits
+    cache = steps.new_cache()
+    h = steps.embed(ids, start=0)                  # (1, T, d): positions 0..T-1
+    h = steps.blocks(h, 1, L, cache, start=0)      # blocks 1..L; every layer's cache now holds T positions
+    logits = steps.read(h, L)                      # (1, T, V): the shared head (final norm included)
+    steps.keep(cache, T - 2)                       # every layer forgets the last two positions
+
+What the family does before its blocks (embeddings, positions, the causal mask) is written out per family in
+`FAMILIES`: GPT-2 (learned positions) and the Llama family (rotary positions: Llama, SmolLM2, Mistral
+without a sliding window, Qwen2, Qwen3). A family not listed is refused with what to add. Whatever is listed
+is checked when the steps are made: a probe sequence run in uneven pieces through uneven block ranges must
+give the model's own logits (`check`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import eval_mode
+from .families import per_layer_attention
+
+# family -> how its base model prepares the blocks' inputs ("learned": token + position embeddings, then
+# dropout; "rotary": token embeddings, rotary position embeddings passed to every block)
+FAMILIES = {"gpt2": "learned", "llama": "rotary", "mistral": "rotary", "qwen2": "rotary", "qwen3": "rotary"}
+
+
+class DecoderSteps:
+    """Blocks of a causal LM (`HFCausalLM`) run in any ranges with a per-layer key-value cache.
+
+    Shapes: ids (1, T) int64; hidden states (1, T, d); logits (1, T, V); `start` is the position of the first
+    of the T tokens (how many positions the cache of the blocks being run already holds).
+    """
+
+    def __init__(self, adapter, *, check: bool = True):
+        if not getattr(adapter, "vocabulary_readout", False):
+            raise ValueError(f"{adapter.name} is not a causal language model: decoding needs one "
+                             "(e.g. load_model('smollm2-135m'))")
+        config = adapter.model.config
+        family = getattr(config, "model_type", type(adapter.model).__name__)
+        self.kind = FAMILIES.get(family)
+        if self.kind is None:
+            raise NotImplementedError(
+                f"{adapter.name}: decoding block by block with a cache is written for {sorted(FAMILIES)}, not "
+                f"{family!r}; add how its base model prepares the blocks' inputs to "
+                "layersim.models.decoder.FAMILIES (the check then verifies it)")
+        if per_layer_attention(config):
+            raise NotImplementedError(f"{adapter.name}: its layers use different attention windows, which one "
+                                      "causal mask per call does not describe")
+        self.adapter, self.config, self.base = adapter, config, adapter.base
+        self.layers = adapter.block_modules()
+        self.num_layers = adapter.num_layers
+        if check:
+            self.check()
+
+    # -- the cache
+    def new_cache(self):
+        """An empty key-value cache with one layer per block."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    @staticmethod
+    def length(cache, layer: int) -> int:
+        """How many positions block `layer` (1-based) has in the cache."""
+        return cache.get_seq_length(layer - 1)
+
+    def keep(self, cache, length: int, layers: range | None = None) -> None:
+        """Keep the first `length` positions of the given blocks' caches (1-based; default every block)."""
+        for layer in layers or range(1, self.num_layers + 1):
+            cached = cache.layers[layer - 1]
+            if getattr(cached, "keys", None) is not None and cached.keys.shape[-2] > length:
+                cached.keys = cached.keys[..., :length, :]
+                cached.values = cached.values[..., :length, :]
+
+    # -- the loop
+    def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """(1, T) token ids at positions start..start+T-1 -> (1, T, d) the input of block 1."""
+        if self.kind == "learned":
+            positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
+            return self.base.drop(self.base.wte(ids) + self.base.wpe(positions))
+        return self.base.embed_tokens(ids)
+
+    def blocks(self, h: torch.Tensor, first: int, last: int, cache, start: int) -> torch.Tensor:
+        """Blocks first..last (1-based, inclusive) on (1, T, d) states at positions start..start+T-1; each
+        block's cache must hold exactly `start` positions before and holds start + T after. -> (1, T, d)."""
+        from transformers.masking_utils import create_causal_mask
+
+        for layer in (first, last):
+            if self.length(cache, layer) != start:
+                raise ValueError(f"block {layer}'s cache holds {self.length(cache, layer)} positions, but the new "
+                                 f"tokens start at position {start}")
+        positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
+        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, cache=cache,
+                                  position_ids=positions, layer_idx=first - 1)
+        rotary = self.base.rotary_emb(h, position_ids=positions) if self.kind == "rotary" else None
+        for block in self.layers[first - 1:last]:
+            if self.kind == "learned":
+                out = block(h, cache, mask, None, use_cache=True, position_ids=positions)
+            else:
+                out = block(h, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                            position_embeddings=rotary)
+            h = out[0] if isinstance(out, (tuple, list)) else out
+        return h
+
+    def read(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """The shared head on (..., d) states of block `layer`: (..., V) logits (``adapter.reader``)."""
+        return self.adapter.reader(h, layer)
+
+    # -- the check
+    def check(self) -> None:
+        """A probe of 8 tokens (the adapter's probe batch, first row) run as 5 tokens through every block, then
+        1 token through every block, then 2 tokens through blocks 1..E and L-E blocks after, must give the
+        model's own logits at every position (E = L // 2). Raises `SelfCheckError` otherwise."""
+        from .selfcheck import SelfCheckError, _close
+
+        adapter = self.adapter
+        ids = adapter.probe_batch()["input_ids"][:1].to(adapter.device)
+        L, split = self.num_layers, max(1, self.num_layers // 2)
+        with torch.no_grad(), eval_mode(adapter.model):
+            want = adapter.model(input_ids=ids, use_cache=False).logits
+            cache = self.new_cache()
+            pieces = [self.blocks(self.embed(ids[:, :5], 0), 1, L, cache, 0),
+                      self.blocks(self.embed(ids[:, 5:6], 5), 1, L, cache, 5)]
+            early = self.blocks(self.embed(ids[:, 6:8], 6), 1, split, cache, 6)
+            pieces.append(self.blocks(early, split + 1, L, cache, 6) if split < L else early)
+            got = self.read(torch.cat(pieces, dim=1), L)
+        ok, diff = _close(got, want, want.dtype)
+        if not ok:
+            raise SelfCheckError(
+                f"{adapter.name}: running its blocks with a cache in pieces gives logits that differ from the "
+                f"model's own by up to {diff:.3g}; layersim.models.decoder does not know how this "
+                f"{self.config.model_type} model prepares its blocks' inputs")
+
+
+def decoder_steps(adapter) -> DecoderSteps:
+    """The `DecoderSteps` of a causal-LM adapter (or of a model / name that `layersim.models.adapt` accepts),
+    made and checked once per adapter and kept on it."""
+    from .loading import adapt
+
+    adapter = adapt(adapter)
+    steps = getattr(adapter, "_decoder_steps", None)
+    if steps is None:
+        steps = adapter._decoder_steps = DecoderSteps(adapter)
+    return steps
+
+
+__all__ = ["DecoderSteps", "decoder_steps", "FAMILIES"]
