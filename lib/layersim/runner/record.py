@@ -125,8 +125,19 @@ class Recorder:
         self._save()
 
     def number(self, name: str, value: Any) -> Any:
-        """Record a number (or a list of numbers, e.g. one per layer) under `name`; returns it."""
-        self.data["numbers"][name] = _plain(value)
+        """Record a number (or a list of numbers, e.g. one per layer) under `name`; returns it.
+
+        A value that cannot be recorded (an object, a complex, a set; a name that is not a string) raises
+        TypeError and records nothing: the recorder keeps everything before and after it."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"the name of a number must be a non-empty string; got {type(name).__name__} {name!r}")
+        plain = _plain(value)
+        try:
+            json.dumps(plain, allow_nan=False)
+        except (TypeError, ValueError):
+            raise TypeError(f"number {name!r} must be a number, a string or a list / dict of them; got "
+                            f"{type(value).__name__} {value!r:.80}; nothing was recorded for it") from None
+        self.data["numbers"][name] = plain
         self._save()
         return value
 
@@ -176,6 +187,8 @@ class Recorder:
         """
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ValueError(f"figure name must be a plain file stem like 'cos_vs_cka'; got {name!r}")
+        if not callable(getattr(fig, "savefig", None)):
+            raise TypeError(f"figure {name!r} must be a matplotlib figure (with .savefig); got {type(fig).__name__}")
         for ext in ("png", "pdf"):
             atomic_savefig(fig, self.output_dir / f"{name}.{ext}", dpi=dpi, bbox_inches="tight")
         if name not in self.data["figures"]:
