@@ -18,6 +18,7 @@ through here, so a reader never sees half a file and a crash never leaves a half
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -69,10 +70,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, mode:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        raise DiskFullError(f"no space left on device while writing {path}; it keeps its previous content "
+                            "(if any). Free some space and run the same command again") from e
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full (errno ENOSPC); its message is one sentence naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error` is a full disk: OSError ENOSPC / EDQUOT, or torch.save's zip writer failing to write
+    (it raises RuntimeError "PytorchStreamWriter failed writing file ...: file write failed")."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return "PytorchStreamWriter failed writing" in text or "file write failed" in text
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
