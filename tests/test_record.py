@@ -155,3 +155,10 @@ def test_a_figure_that_is_not_a_figure_is_a_sentence(tmp_path):
         rec.figure("not a figure", "fig")
     rec.number("after", 1)
     assert load_metrics(tmp_path)["numbers"] == {"after": 1}
+
+
+def test_a_claims_file_that_is_not_utf8_names_the_file(tmp_path):
+    bad = tmp_path / "claims.yaml"
+    bad.write_bytes("x:\n  claim: 1\n  why: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"claims file {bad} is not UTF-8 text"):
+        load_claims(bad)

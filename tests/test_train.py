@@ -539,3 +539,17 @@ def test_ctrl_c_of_the_training_cli_is_one_line_and_status_130(tmp_path, capsys,
     assert main(["--config", str(write_config(tmp_path, epochs=1)), "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted; run the same command again" in err
+
+
+def test_config_files_that_are_not_utf8_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes("epochs: 1\nname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(T.ConfigError, match=f"{bad} is not UTF-8 text"):
+        T.resolve(bad)
+    assert main(["--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    # a run folder whose config.yaml is not UTF-8 is refused with a sentence, untouched
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_bytes(bad.read_bytes())
+    with pytest.raises(T.RunConflictError, match="cannot be read as a training config"):
+        T.train(TINY, tmp_path / "run", epochs=1)

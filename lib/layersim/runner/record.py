@@ -106,6 +106,8 @@ def _read_claims(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"claims file {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"claims file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not data:

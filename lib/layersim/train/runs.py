@@ -143,7 +143,7 @@ def _saved_config(folder: Path) -> TrainConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return resolve(data if isinstance(data, dict) else {"?": data})
-    except (OSError, yaml.YAMLError, ConfigError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError, TypeError) as e:
         raise RunConflictError(f"{path} cannot be read as a training config ({e}); nothing was changed. Train "
                                "into another --out folder, or pass --overwrite to discard that run") from e
 
