@@ -548,3 +548,55 @@ def test_non_finite_logits_are_refused_by_the_exit_analysis():
                      lambda: summarize(bad), lambda: saturation(bad)):
             with pytest.raises(ValueError, match="NaN or infinite"):
                 call()
+
+
+# ---- issue 18: labels through the one check_labels, empty inputs, arguments of the wrong type ---------------
+@pytest.mark.parametrize("call", [
+    lambda lg, y: simulate(ConfidenceExit(0.9), lg, y), lambda lg, y: simulate(FixedExit(1), summarize(lg), y),
+    lambda lg, y: sweep(lg, y, "fixed"), lambda lg, y: sweep_policies(lg, y), lambda lg, y: overthinking(lg, y),
+    lambda lg, y: calibration(lg, y), lambda lg, y: minimal_depth(lg, 0.9, labels=y)])
+@pytest.mark.parametrize("bad", [[0, 1, 2, 99], [0, 1, 2, -1], [0.0, 1.0, float("nan"), 2.0]])
+def test_labels_out_of_range_negative_or_nan_are_refused(call, bad):
+    """Labels the logits cannot predict gave an accuracy (always wrong) instead of an error."""
+    logits, _ = synthetic()
+    with pytest.raises(ValueError, match=r"labels must be (class indices in \[0, \d+\)|integer class indices)"):
+        call(logits, torch.tensor(bad))
+
+
+@pytest.mark.parametrize("call", [
+    lambda lg, y: simulate(ConfidenceExit(0.9), lg, y), lambda lg, y: sweep(lg, y, "confidence"),
+    lambda lg, y: summarize(lg), lambda lg, y: saturation(lg), lambda lg, y: calibration(lg, y),
+    lambda lg, y: overthinking(lg, y), lambda lg, y: overthinking(lg.argmax(-1), y)])
+def test_empty_inputs_are_refused(call):
+    """No samples gave NaN accuracies and depths (or a crash) instead of an error."""
+    for shape in ((3, 0, 4), (0, 2, 4)):
+        with pytest.raises(ValueError, match="at least one layer"):
+            call(torch.zeros(shape), torch.zeros(shape[1], dtype=torch.long))
+
+
+def test_arguments_of_the_wrong_type_get_a_sentence():
+    logits, labels = synthetic()
+    num_layers = logits.shape[0]
+    for flops in ("abc", object()):
+        with pytest.raises(TypeError, match=f"flops .* must be a sequence of {num_layers} numbers"):
+            simulate(ConfidenceExit(0.9), logits, labels, flops=flops)
+    for flops in ([1.0] * (num_layers - 1), [1.0] * (num_layers - 1) + [float("nan")]):
+        with pytest.raises(ValueError, match=f"must hold {num_layers} finite costs"):
+            sweep(logits, labels, "fixed", flops=flops)
+    with pytest.raises(TypeError, match="layer_cost must be a sequence"):
+        overthinking(logits, labels, layer_cost="abc")
+    with pytest.raises(ValueError, match="layer_cost must hold"):
+        overthinking(logits, labels, layer_cost=[1.0] + [float("nan")] * (num_layers - 1))
+    for values in (0.5, "0.5"):
+        with pytest.raises(TypeError, match="values must be a list"):
+            sweep(logits, labels, "confidence", values=values)
+    with pytest.raises(ValueError, match="values is empty"):
+        sweep(logits, labels, "confidence", values=[])
+    for points in ("a", 0):
+        with pytest.raises(ValueError, match="num_points must be"):
+            sweep(logits, labels, "confidence", num_points=points)
+    with pytest.raises(ValueError, match="unknown exit policy"):
+        sweep(logits, labels, ["confidence"])
+    # a good cost vector still gives the same expected cost as before
+    result = simulate(FixedExit(2), logits, labels, flops=list(range(1, num_layers + 1)))
+    assert result.expected_flops == 2.0

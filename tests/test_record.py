@@ -129,3 +129,36 @@ def test_malformed_claims_file_names_file_and_check(tmp_path, body, message):
     with pytest.raises(ValueError, match=message) as e:
         Recorder(tmp_path / "out", "nb", claims=path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("name, value", [("obj", object()), (("a", "b"), 1.0), ("complex", 1 + 2j),
+                                         ("set", {1, 2}), ("", 1.0), ("nested", [1.0, object()])])
+def test_a_refused_value_records_nothing_and_the_recorder_keeps_working(tmp_path, name, value):
+    """Issue 18: one refused value left the recorder failing on every later call, losing the rest."""
+    rec = Recorder(tmp_path, "nb")
+    rec.number("before", 1.0)
+    with pytest.raises(TypeError, match="must be"):
+        rec.number(name, value)
+    rec.number("after", [1.0, 2.0])
+    assert rec.check(1, "c", 0.5, ">=", 0.1)
+    fig = plt.figure()
+    rec.figure(fig, "fig")
+    plt.close(fig)
+    saved = load_metrics(tmp_path)
+    assert saved["numbers"] == {"before": 1.0, "after": [1.0, 2.0]}
+    assert saved["figures"] == ["fig"] and saved["checks"][0]["passed"]
+
+
+def test_a_figure_that_is_not_a_figure_is_a_sentence(tmp_path):
+    rec = Recorder(tmp_path, "nb")
+    with pytest.raises(TypeError, match="must be a matplotlib figure"):
+        rec.figure("not a figure", "fig")
+    rec.number("after", 1)
+    assert load_metrics(tmp_path)["numbers"] == {"after": 1}
+
+
+def test_a_claims_file_that_is_not_utf8_names_the_file(tmp_path):
+    bad = tmp_path / "claims.yaml"
+    bad.write_bytes("x:\n  claim: 1\n  why: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"claims file {bad} is not UTF-8 text"):
+        load_claims(bad)

@@ -285,6 +285,7 @@ def test_ctrl_c_keeps_the_last_results(ran, tmp_path):
     assert re.search(r"\| 01_ok \| \*\*interrupted\*\* \(last results from \d{4}-\d\d-\d\d \d\d:\d\d kept\)",
                      report)
     assert "`twice_x`: 6" in report and "| 02_fail | **FAILED** (earlier run" in report
+    assert "**1 of 2 notebooks ok**" in report  # the kept, good results of 01_ok count as ok
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".trash-*"))  # the staging folder is gone
     deadline = time.monotonic() + 15
     while _processes_under(out) and time.monotonic() < deadline:  # the kernel was shut down too
@@ -355,3 +356,71 @@ def test_a_killed_runner_leaves_no_notebook_running(ran, tmp_path, background):
     assert (out / "01_ok" / "metrics.json").exists() and "twice_x\": 6" in (out / "01_ok" / "metrics.json").read_text()
     from layersim.storage import clean_leftovers
     assert [p.name.startswith(".tmp-01_ok-") for p in clean_leftovers(out)] == [True]  # next run's clean-up
+
+
+# ---- issue 18: profiles named twice, results dir that is a file, damaged results, two runners, Ctrl-C -------
+def test_a_profile_naming_a_notebook_twice_or_not_utf8_is_an_error(project, capsys):
+    profile = project / "notebooks" / "profiles" / "smoke.yaml"
+    profile.write_text("01_ok:\n  x: 3\n01_ok:\n  x: 4\n")  # safe_load silently kept x: 4
+    with pytest.raises(rg.ProfileError, match="'01_ok' is given twice"):
+        rg.plan("smoke", project / "notebooks")
+    profile.write_bytes("01_ok:\n  x: 3  # caf\u00e9\n".encode("latin-1"))
+    assert rg.main(_args(project)) == 2
+    assert f"{profile} is not UTF-8 text" in capsys.readouterr().err
+    assert not (project / "results").exists()
+
+
+def test_results_dir_that_is_a_file_is_a_sentence_and_status_2(project, capsys):
+    (project / "results").write_text("not a folder")
+    assert rg.main(_args(project)) == 2
+    err = capsys.readouterr().err
+    assert "--results-dir must be a folder" in err and "Traceback" not in err
+
+
+def test_a_second_runner_on_the_same_results_refuses(project, capsys):
+    import fcntl
+
+    out = project / "results" / "smoke"
+    out.mkdir(parents=True)
+    with open(out / ".runner.lock", "a+") as held:  # a runner at work on this profile
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("pid 12345 on elsewhere")
+        held.flush()
+        assert rg.main(_args(project)) == 2
+    err = capsys.readouterr().err
+    assert "another runner is already running profile 'smoke'" in err and "pid 12345 on elsewhere" in err
+    assert not (out / "REPORT.md").exists()  # it wrote nothing
+
+
+def test_damaged_earlier_results_are_reported_as_damaged(tmp_path):
+    from layersim.runner.report import write_report
+    from layersim.runner.results import last_results
+
+    out = tmp_path / "smoke"
+    for name, run, metrics in [("01_a", "{not json", None), ("02_b", None, "{not json"),
+                               ("03_c", '"a string"', None), ("04_d", None, None)]:
+        (out / name).mkdir(parents=True)
+        record = {"notebook": name, "status": "ok", "seconds": 1.0, "error": "", "finished": "2025-01-01T00:00:00",
+                  "parameters": {}}
+        (out / name / "run.json").write_text(run if run is not None else json.dumps(record))
+        if metrics is not None:
+            (out / name / "metrics.json").write_text(metrics)
+    runs = [last_results(n, out) for n in ("01_a", "02_b", "03_c", "04_d", "05_never")]
+    assert [r.status for r in runs] == ["damaged", "damaged", "damaged", "damaged", "not run"]
+    assert "run.json is damaged" in runs[0].error and "metrics.json is damaged" in runs[1].error
+    assert "metrics.json is missing" in runs[3].error
+    report = write_report(runs, "smoke", out / "REPORT.md")
+    assert "**0 of 5 notebooks ok**" in report and report.count("**DAMAGED**") == 4
+
+
+def test_the_headline_counts_kept_good_results_of_an_interrupted_notebook_as_ok(tmp_path):
+    from layersim.runner.report import write_report
+    from layersim.runner.results import NotebookRun
+
+    kept_ok = NotebookRun("01_ok", "interrupted", 0.0, tmp_path / "01_ok", {}, finished="2025-01-01T00:00:00",
+                          kept=True, kept_status="ok")
+    kept_failed = NotebookRun("02_fail", "interrupted", 0.0, tmp_path / "02_fail", {},
+                              finished="2025-01-01T00:00:00", kept=True, kept_status="failed")
+    never = NotebookRun("03_new", "interrupted", 0.0, tmp_path / "03_new", {}, kept=True)
+    report = write_report([kept_ok, kept_failed, never], "smoke", tmp_path / "REPORT.md")
+    assert "**1 of 3 notebooks ok**" in report

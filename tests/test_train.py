@@ -460,3 +460,96 @@ def test_minilm_reviews_recipe_code_path(tmp_path):
                      objective="aligned", progress=False)
     assert result.adapter.num_classes == 2 and result.info["classes"] == ["rotten", "fresh"]
     _check_run(result, 6)
+
+
+# ---- issue 18: a refused start blocks nothing; config values; Ctrl-C, full disk, unusable folders ----------
+@pytest.mark.parametrize("key, value", [("lr", "inf"), ("lr", "nan"), ("weight_decay", "nan"),
+                                        ("weight_decay", "inf"), ("grad_clip", "nan"), ("vit_mlp_ratio", "inf"),
+                                        ("seed", "-1"), ("data_seed", "-1")])
+def test_non_finite_and_negative_config_values_are_refused_at_config_check(tmp_path, capsys, key, value):
+    with pytest.raises(T.ConfigError, match=f"{key} must be"):
+        T.resolve(TINY, {key: value})
+    assert main(["--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run"), f"--{key}", value]) == 2
+    assert f"{key} must be" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_start_refused_late_leaves_nothing_that_blocks_the_corrected_command(tmp_path, monkeypatch):
+    """A start refused after config.yaml was written (here: the data, too small for the batch) left a folder
+    that refused the corrected command as 'another run'."""
+    with pytest.raises(T.ConfigError, match="batch_size 512 is larger"):
+        T.train(TINY, tmp_path / "new", batch_size=512)
+    assert not (tmp_path / "new").exists()  # the folder it created is gone
+    (tmp_path / "old").mkdir()
+    with pytest.raises(T.ConfigError, match="batch_size 512 is larger"):
+        T.train(TINY, tmp_path / "old", batch_size=512)
+    assert [p.name for p in (tmp_path / "old").iterdir() if p.name != ".lock"] == []  # an existing folder stays
+    # a refusal from numpy (as a negative seed was, before the config check) is undone the same way
+    import layersim.train.loop as loop
+
+    monkeypatch.setattr(loop, "build_task", lambda cfg: (_ for _ in ()).throw(ValueError("late refusal")))
+    with pytest.raises(ValueError, match="late refusal"):
+        T.train(TINY, tmp_path / "old", epochs=1, seed=7)
+    monkeypatch.undo()
+    assert T.train(TINY, tmp_path / "old", epochs=1, checkpoint_every=0).trained  # the corrected command runs
+
+
+def test_empty_out_and_unusable_folders_are_sentences(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = str(write_config(tmp_path))
+    assert main(["--config", config, "--out", ""]) == 2
+    assert "--out must name a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # nothing trained into the current folder
+    with pytest.raises(ValueError, match="out must name a folder"):
+        T.train(TINY, "")
+    (tmp_path / "afile").write_text("x")
+    assert main(["--config", config, "--out", str(tmp_path / "afile")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["--config", config, "--out", str(tmp_path / "afile" / "run")]) == 1
+    assert "cannot be used as a run folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cache_dir .*afile is a file"):
+        T.train_cached(TINY, cache_dir=tmp_path / "afile")
+    with pytest.raises(ValueError, match="the cache folder .*cannot be used"):
+        T.train_cached(TINY, cache_dir=tmp_path / "afile" / "cache")
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter "
+                                                "failed writing file data/3: file write failed")])
+def test_disk_full_while_checkpointing_is_one_sentence(tmp_path, capsys, monkeypatch, error):
+    import layersim.storage as storage
+
+    def full(obj, path):
+        Path(path).write_bytes(b"half")
+        raise error
+
+    monkeypatch.setattr(storage.torch, "save", full)
+    assert main(["--config", str(write_config(tmp_path, epochs=1)), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on device while writing" in err and "checkpoint.pt" in err and "Traceback" not in err
+    assert not [p for p in (tmp_path / "run").glob(".tmp-*")] if (tmp_path / "run").exists() else True
+
+
+def test_ctrl_c_of_the_training_cli_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    import layersim.train.loop as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_run", interrupted)
+    assert main(["--config", str(write_config(tmp_path, epochs=1)), "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; run the same command again" in err
+
+
+def test_config_files_that_are_not_utf8_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes("epochs: 1\nname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(T.ConfigError, match=f"{bad} is not UTF-8 text"):
+        T.resolve(bad)
+    assert main(["--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    # a run folder whose config.yaml is not UTF-8 is refused with a sentence, untouched
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_bytes(bad.read_bytes())
+    with pytest.raises(T.RunConflictError, match="cannot be read as a training config"):
+        T.train(TINY, tmp_path / "run", epochs=1)

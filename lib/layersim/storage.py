@@ -18,11 +18,14 @@ through here, so a reader never sees half a file and a crash never leaves a half
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -32,8 +35,11 @@ import torch
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
-# trash older than this is left over from a killed remover; temporary entries are judged by their writer's pid
+# trash older than this is left over from a killed remover. A temporary entry is alive while its writer holds
+# an flock on it (a file: itself; a folder: its WRITER_LOCK file), which works across containers that share the
+# folder; without one, by its writer's pid when the writer ran on this host, else by this age.
 STALE_AFTER_S = 60.0
+WRITER_LOCK = ".writer.lock"
 
 
 # ---- paths ---------------------------------------------------------------------------------------------
@@ -49,8 +55,26 @@ def default_cache_dir() -> Path:
 
 
 # ---- atomic writes -------------------------------------------------------------------------------------
+def _host() -> str:
+    """This host's name as it goes into temporary names (no '-' or '@')."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """``.tmp-<name>-<pid>@<host>-<id>``: the pid means something only on the writer's host."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}")
+
+
+def _hold(path: Path, *, create: bool) -> int:
+    """Open `path` (creating it exclusively with `create`) and take an exclusive flock on it -> the fd; the
+    writer keeps it until it is done, so `clean_leftovers` anywhere (another container too) leaves it alone."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if create else 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, mode: int = 0o644) -> Path:
@@ -63,16 +87,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, mode:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
+    held = _hold(tmp, create=True)  # the writer's flock on the temporary file (the writers rewrite it in place)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        raise DiskFullError(f"no space left on device while writing {path}; it keeps its previous content "
+                            "(if any). Free some space and run the same command again") from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        finally:
+            os.close(held)
     return path
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full (errno ENOSPC); its message is one sentence naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error` is a full disk: OSError ENOSPC / EDQUOT, or torch.save's zip writer failing to write
+    (it raises RuntimeError "PytorchStreamWriter failed writing file ...: file write failed")."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return "PytorchStreamWriter failed writing" in text or "file write failed" in text
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -111,8 +161,10 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterat
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(target)
     tmp.mkdir()
+    held = _hold(tmp / WRITER_LOCK, create=True)  # held until the folder is in place or gone
     try:
         yield tmp
+        (tmp / WRITER_LOCK).unlink()  # the lock stays held through the fd; the entry is clean of it
         if replace:
             swap_folder(tmp, target)
         else:
@@ -121,8 +173,11 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterat
             except OSError:  # target exists and is not empty: keep the one that was there first
                 pass
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(held)
 
 
 def swap_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -136,7 +191,7 @@ def swap_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
         trash = None
     os.replace(new, target)
     if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+        _delete(trash)
 
 
 def remove_folder(folder: str | os.PathLike) -> None:
@@ -147,7 +202,16 @@ def remove_folder(folder: str | os.PathLike) -> None:
         os.replace(folder, trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    _delete(trash)
+
+
+def _delete(path: Path) -> None:
+    """Delete a folder, a file or a link (what stepped aside may be a file where a folder was expected)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -163,8 +227,10 @@ def _pid_alive(pid: int) -> bool:
 def clean_leftovers(folder: str | os.PathLike, *, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove temporary files/folders and trash left in `folder` by writers that were killed.
 
-    An entry named ``.tmp-*-<pid>-<id>`` or ``.trash-*-<pid>-<id>`` is removed when its writer's process
-    is gone, or (pid unknown) when it is older than `older_than_s`. Returns what was removed.
+    An entry named ``.tmp-*-<pid>[@<host>]-<id>`` or ``.trash-*-<pid>-<id>`` whose writer still holds its flock
+    is kept (so is one being written in another container that shares the folder). Otherwise it is removed
+    when its writer ran on this host and its process is gone, or (pid or host unknown here) when it is older
+    than `older_than_s`; trash also when older than that. Returns what was removed.
     """
     folder = Path(folder)
     removed = []
@@ -174,22 +240,42 @@ def clean_leftovers(folder: str | os.PathLike, *, older_than_s: float = STALE_AF
     for entry in folder.iterdir():
         if not entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
             continue
-        parts = entry.name.rsplit("-", 2)
-        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
         try:
             age = now - entry.lstat().st_mtime
         except FileNotFoundError:
             continue
-        stale = (pid is not None and pid != os.getpid() and not _pid_alive(pid)) or (
-            pid is None and age > older_than_s) or (entry.name.startswith(TRASH_PREFIX) and age > older_than_s)
+        if _writer_holds(entry):  # a writer at work, in this container or another one sharing the folder
+            continue
+        parts = entry.name.rsplit("-", 2)
+        pid, _, host = parts[1].partition("@") if len(parts) == 3 else ("", "", "")
+        pid = int(pid) if pid.isdigit() else None
+        here = not host or host == _host()  # a pid of another host (container) says nothing here
+        stale = (pid is not None and here and pid != os.getpid() and not _pid_alive(pid)) or (
+            (pid is None or not here) and age > older_than_s) or (entry.name.startswith(TRASH_PREFIX) and age > older_than_s)
         if stale:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+            _delete(entry)
             removed.append(entry)
     return removed
+
+
+def _writer_holds(entry: Path) -> bool:
+    """Whether a writer holds the flock of the temporary `entry` (a file, or a folder's WRITER_LOCK)."""
+    lock = entry / WRITER_LOCK if entry.is_dir() and not entry.is_symlink() else entry
+    try:
+        fd = os.open(lock, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -39,17 +39,24 @@ class LayerSummaries:
     confidence: the largest softmax probability of each layer (the confidence of its prediction).
     entropy: the entropy of each layer's softmax distribution, in nats.
     final_prob: the probability each layer gives to the final layer's prediction.
+    num_classes: C, when known (from logits): labels are checked against [0, C).
     """
 
     preds: torch.Tensor
     confidence: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
     final_prob: Optional[torch.Tensor] = None
+    num_classes: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.preds, torch.Tensor) or self.preds.dim() != 2:
             raise ValueError(f"preds must be an (L, n) tensor, got {_describe(self.preds)}")
-        for f in fields(self)[1:]:
+        if 0 in self.preds.shape:
+            raise ValueError(f"per-layer outputs need at least one layer and one sample; got shape "
+                             f"{tuple(self.preds.shape)} (an empty batch has no accuracy, exit or saturation)")
+        if self.num_classes is not None:
+            self.num_classes = whole_number(self.num_classes, "num_classes", low=1)
+        for f in fields(self)[1:4]:
             value = getattr(self, f.name)
             if value is not None and tuple(value.shape) != tuple(self.preds.shape):
                 raise ValueError(f"{f.name} has shape {tuple(value.shape)}, preds {tuple(self.preds.shape)}: "
@@ -129,11 +136,34 @@ def summarize(logits) -> LayerSummaries:
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float tensor (L, n, C), got {_describe(logits)}")
     check_finite(logits)
-    if logits.shape[2] < 1 or logits.shape[0] < 1:
-        raise ValueError(f"logits must have at least one layer and one class, got shape {tuple(logits.shape)}")
+    if 0 in logits.shape:
+        raise ValueError(f"logits must have at least one layer, sample and class, got shape {tuple(logits.shape)}")
     final_pred = logits[-1].argmax(-1)
     per_layer = [_layer_summary(logits[l], final_pred) for l in range(logits.shape[0])]
-    return LayerSummaries(**{k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]})
+    return LayerSummaries(**{k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]},
+                          num_classes=logits.shape[2])
+
+
+def exit_labels(labels, n: int, num_classes: Optional[int]) -> torch.Tensor:
+    """``labels`` checked by `check_labels` against n samples and, when the outputs were logits, their C classes."""
+    return check_labels(labels, n, num_classes, where="" if num_classes is None else f"C = {num_classes} classes in the logits")
+
+
+def cost_vector(value, name: str, num_layers: int, *, increasing: bool = False) -> torch.Tensor:
+    """An (L,) float64 vector of finite costs >= 0 (> 0 and non-decreasing with `increasing`), one per layer
+    1..L; TypeError/ValueError with a sentence naming `name` otherwise."""
+    try:
+        cost = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor) else value,
+                               dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a sequence of {num_layers} numbers (one per layer 1..{num_layers}), "
+                        f"got {type(value).__name__} {value!r:.60}") from None
+    rule = "positive, non-decreasing cumulative costs" if increasing else "finite costs >= 0"
+    bad = (cost.shape[0] != num_layers or not bool(torch.isfinite(cost).all())
+           or bool((cost <= 0).any() if increasing else (cost < 0).any()) or (increasing and bool((cost.diff() < 0).any())))
+    if bad:
+        raise ValueError(f"{name} must hold {num_layers} {rule} (one per layer 1..{num_layers}), got {cost.tolist()}")
+    return cost
 
 
 def as_summaries(outputs) -> LayerSummaries:
@@ -221,16 +251,14 @@ def overthinking(outputs, labels, *, layer_cost=None) -> Overthinking:
     labels: (n,) class indices. layer_cost: (L,) cumulative cost (e.g. FLOPs) of reaching layer 1..L,
     increasing; default 1, 2, ..., L. Returns `Overthinking`.
     """
-    preds = as_summaries(outputs).preds
+    summaries = as_summaries(outputs)
+    preds = summaries.preds
     num_layers, n = preds.shape
-    labels = check_labels(labels, n).to(preds.device)
+    labels = exit_labels(labels, n, summaries.num_classes).to(preds.device)
     if layer_cost is None:
         cost = torch.arange(1, num_layers + 1, dtype=torch.float64)
     else:
-        cost = torch.as_tensor(layer_cost, dtype=torch.float64).flatten()
-        if cost.shape[0] != num_layers or bool((cost <= 0).any()) or bool((cost.diff() < 0).any()):
-            raise ValueError(f"layer_cost must hold {num_layers} positive, non-decreasing cumulative costs (one per "
-                             f"layer 1..{num_layers}), got {cost.tolist()}")
+        cost = cost_vector(layer_cost, "layer_cost", num_layers, increasing=True)
     correct = preds == labels[None]  # (L, n)
     any_correct = correct.any(0)
     first = torch.where(any_correct, correct.int().argmax(0) + 1, torch.zeros_like(labels))
@@ -253,7 +281,7 @@ def minimal_depth(accuracy, fraction: float = 0.99, *, labels=None) -> int:
                            what="a number in (0, 1] (share of the last layer's accuracy)")
     if labels is not None:
         summaries = as_summaries(accuracy)
-        acc = layerwise_accuracy(summaries.preds, check_labels(labels, summaries.num_samples))
+        acc = layerwise_accuracy(summaries.preds, exit_labels(labels, summaries.num_samples, summaries.num_classes))
     else:
         acc = torch.as_tensor(np.asarray(accuracy) if isinstance(accuracy, (list, tuple)) else accuracy,
                               dtype=torch.float64)
@@ -294,7 +322,7 @@ def calibration(outputs, labels, *, num_bins: int = 15) -> Calibration:
     num_bins = whole_number(num_bins, "num_bins", low=1)
     summaries = as_summaries(outputs)
     conf = summaries.require("confidence", "calibration").double()
-    labels = check_labels(labels, summaries.num_samples).to(conf.device)
+    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes).to(conf.device)
     correct = (summaries.preds == labels[None]).double()
     num_layers, n = conf.shape
     edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64)

@@ -21,10 +21,9 @@ from typing import Optional, Sequence
 import pandas as pd
 import torch
 
-from layersim.metrics.readout import check_labels
 from layersim.validate import real_number, whole_number
 
-from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries, check_finite
+from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries, check_finite, cost_vector, exit_labels
 
 __all__ = ["ExitPolicy", "ConfidenceExit", "EntropyExit", "PatienceExit", "FixedExit", "make_policy", "POLICIES",
            "ExitResult", "simulate", "sweep", "sweep_policies", "pareto_front", "choose_by_accuracy_drop"]
@@ -189,8 +188,10 @@ class _LogitSource:
     """Per-layer summaries computed on demand, from (L, n, C) logits, for the rows asked for only."""
 
     def __init__(self, logits: torch.Tensor):
+        if 0 in logits.shape:
+            raise ValueError(f"logits must have at least one layer, sample and class, got shape {tuple(logits.shape)}")
         self.logits = logits
-        self.num_layers, self.num_samples = logits.shape[:2]
+        self.num_layers, self.num_samples, self.num_classes = logits.shape
 
     def layer(self, layer: int, rows: torch.Tensor) -> dict:
         # checked as read: a layer after a sample's exit is never read, so it may hold anything
@@ -201,6 +202,7 @@ class _SummarySource:
     def __init__(self, summaries: LayerSummaries, needs: Sequence[str], purpose: str):
         self.fields = {name: summaries.require(name, purpose) for name in set(needs) | {"preds"}}
         self.num_layers, self.num_samples = summaries.num_layers, summaries.num_samples
+        self.num_classes = summaries.num_classes
 
     def layer(self, layer: int, rows: torch.Tensor) -> dict:
         return {name: value[layer - 1, rows.to(value.device)] for name, value in self.fields.items()}
@@ -223,8 +225,19 @@ def exit_cost(flops, exit_layer: torch.Tensor, policy: ExitPolicy) -> Optional[f
         return None
     if hasattr(flops, "exit_cost"):
         return float(flops.exit_cost(exit_layer, every_layer=policy.reads_every_layer).mean())
-    cost = torch.as_tensor(flops, dtype=torch.float64).flatten()
-    return float(cost[exit_layer.cpu() - 1].mean())
+    return float(flops[exit_layer.cpu() - 1].mean())
+
+
+def check_flops(flops, num_layers: int):
+    """`flops` as given to `simulate`/`sweep`: None, a `FlopsProfile` of `num_layers` layers, or an (L,) vector of
+    finite per-sample costs >= 0 (as float64); a sentence otherwise."""
+    if flops is None:
+        return None
+    if hasattr(flops, "exit_cost"):
+        if getattr(flops, "num_layers", num_layers) != num_layers:
+            raise ValueError(f"the FLOPs profile has {flops.num_layers} layers, the outputs {num_layers}")
+        return flops
+    return cost_vector(flops, "flops (a FlopsProfile or the cost of exiting at each layer)", num_layers)
 
 
 def simulate(policy: ExitPolicy, outputs, labels=None, *, flops=None) -> ExitResult:
@@ -241,9 +254,8 @@ def simulate(policy: ExitPolicy, outputs, labels=None, *, flops=None) -> ExitRes
     num_layers, n = source.num_layers, source.num_samples
     policy.check(num_layers)
     if labels is not None:
-        labels = check_labels(labels, n)
-    if flops is not None and hasattr(flops, "num_layers") and flops.num_layers != num_layers:
-        raise ValueError(f"the FLOPs profile has {flops.num_layers} layers, the outputs {num_layers}")
+        labels = exit_labels(labels, n, source.num_classes)
+    flops = check_flops(flops, num_layers)
     exit_layer = torch.zeros(n, dtype=torch.long)
     preds = torch.zeros(n, dtype=torch.long)
     running = torch.arange(n)
@@ -294,12 +306,21 @@ def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=Non
     relative_depth (expected_depth / L), relative_flops (expected FLOPs / full forward, with a profile);
     ``attrs["full_accuracy"]`` holds the last layer's accuracy.
     """
-    if policy not in POLICIES:
+    if not isinstance(policy, str) or policy not in POLICIES:
         raise ValueError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    num_points = whole_number(num_points, "num_points", low=2, what="an integer >= 2 (thresholds per policy)")
     summaries = as_summaries(outputs)
-    labels = check_labels(labels, summaries.num_samples)
+    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes)
+    flops = check_flops(flops, summaries.num_layers)
     if values is None:
         values = _default_values(policy, summaries, num_points)
+    elif isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"values must be a list of {policy} parameters to try (e.g. [0.5, 0.9]), got "
+                        f"{type(values).__name__} {values!r:.60}")
+    else:
+        values = list(values)
+        if not values:
+            raise ValueError(f"values is empty: give at least one {policy} parameter to try, or None for the default")
     rows = []
     full_cost = flops.full_cost() if hasattr(flops, "full_cost") else None
     for value in values:
@@ -321,6 +342,8 @@ def sweep_policies(outputs, labels, policies: Sequence[str] | None = None, *, fl
     summaries = as_summaries(outputs)
     if policies is None:
         policies = [p for p in POLICIES if p in ("patience", "fixed") or getattr(summaries, p) is not None]
+    elif isinstance(policies, str):
+        policies = [policies]
     tables = [sweep(summaries, labels, p, flops=flops, num_points=num_points) for p in policies]
     if not tables:
         raise ValueError("no policy to sweep: give policies=[...] from " + ", ".join(POLICIES))

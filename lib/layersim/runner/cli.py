@@ -3,7 +3,11 @@ command line, ``python -m layersim.runner``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,7 +37,45 @@ def regenerate(profile: str, *, only: Optional[Sequence[str]] = None, notebooks_
     notebooks_dir = Path(notebooks_dir or default_notebooks_dir()).resolve()
     out_root = Path(results_dir or default_results_dir()).resolve() / profile
     runs_plan = plan(profile, notebooks_dir, only)  # raises before anything runs
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --results-dir is a file, or a folder we cannot write
+        raise ProfileError(f"cannot keep results in {out_root} ({e.strerror or e}): --results-dir must be a folder "
+                           "(or a path where one can be made)") from None
+    with _one_runner(out_root, profile):
+        return _regenerate(profile, only, notebooks_dir, out_root, runs_plan, kernel, jobs, progress)
+
+
+RUNNER_LOCK = ".runner.lock"
+
+
+@contextlib.contextmanager
+def _one_runner(out_root: Path, profile: str):
+    """Hold `out_root`/.runner.lock while the runner runs: a second runner on the same results refuses at once
+    (it would write a REPORT.md that contradicts the first one's files). The lock dies with its holder."""
+    path = out_root / RUNNER_LOCK
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ProfileError(f"another runner is already running profile {profile!r} into {out_root} ({holder}); "
+                               "wait for it to finish, or stop it, then run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _regenerate(profile, only, notebooks_dir, out_root, runs_plan, kernel, jobs, progress) -> list:
     clean_leftovers(out_root)  # staging folders of a runner that was killed
     done: dict = {}
     stopped = _run_all(runs_plan, notebooks_dir, out_root, profile, kernel, jobs, progress, done)
@@ -43,7 +85,8 @@ def regenerate(profile: str, *, only: Optional[Sequence[str]] = None, notebooks_
             report.append(done[name])
         else:
             last = last_results(name, out_root)
-            if name in stopped:
+            if name in stopped:  # the results it keeps are still as good (or bad) as they were
+                last.kept_status = last.status if last.status != "not run" else ""
                 last.status, last.current, last.kept = "interrupted", True, True
             report.append(last)
     command = f"python -m layersim.runner --profile {profile}" + (f" --only {' '.join(only)}" if only else "")

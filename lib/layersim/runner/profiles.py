@@ -55,10 +55,34 @@ def notebook_parameters(path: Path) -> dict:
     """The parameters a notebook declares in its cell tagged ``parameters`` (name -> default text)."""
     import papermill as pm
 
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path} is not UTF-8 text (byte {e.start}): not a notebook file") from None
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{path} is not a notebook (invalid JSON: {e})") from None
     if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.get("cells", [])):
         raise ProfileError(f"{path} has no cell tagged 'parameters'; tag the cell that sets its parameters")
     return {name: p["default"] for name, p in pm.inspect_notebook(str(path)).items()}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (safe_load silently keeps the last)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} is given twice (the second would silently replace the first); "
+                            "merge its parameters into one entry", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_profile(profile: str, notebooks_dir: Path) -> dict:
@@ -69,7 +93,9 @@ def load_profile(profile: str, notebooks_dir: Path) -> dict:
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ProfileError(f"profile {profile!r} not found: no file {path}. Known profiles: {known}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ProfileError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):

@@ -106,6 +106,8 @@ def _read_claims(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"claims file {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"claims file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not data:
@@ -125,8 +127,19 @@ class Recorder:
         self._save()
 
     def number(self, name: str, value: Any) -> Any:
-        """Record a number (or a list of numbers, e.g. one per layer) under `name`; returns it."""
-        self.data["numbers"][name] = _plain(value)
+        """Record a number (or a list of numbers, e.g. one per layer) under `name`; returns it.
+
+        A value that cannot be recorded (an object, a complex, a set; a name that is not a string) raises
+        TypeError and records nothing: the recorder keeps everything before and after it."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"the name of a number must be a non-empty string; got {type(name).__name__} {name!r}")
+        plain = _plain(value)
+        try:
+            json.dumps(plain, allow_nan=False)
+        except (TypeError, ValueError):
+            raise TypeError(f"number {name!r} must be a number, a string or a list / dict of them; got "
+                            f"{type(value).__name__} {value!r:.80}; nothing was recorded for it") from None
+        self.data["numbers"][name] = plain
         self._save()
         return value
 
@@ -176,6 +189,8 @@ class Recorder:
         """
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ValueError(f"figure name must be a plain file stem like 'cos_vs_cka'; got {name!r}")
+        if not callable(getattr(fig, "savefig", None)):
+            raise TypeError(f"figure {name!r} must be a matplotlib figure (with .savefig); got {type(fig).__name__}")
         for ext in ("png", "pdf"):
             atomic_savefig(fig, self.output_dir / f"{name}.{ext}", dpi=dpi, bbox_inches="tight")
         if name not in self.data["figures"]:

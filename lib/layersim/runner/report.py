@@ -36,6 +36,8 @@ def _status_text(r: NotebookRun, markdown: bool = True) -> str:
     bold = (lambda s: f"**{s}**") if markdown else (lambda s: s)
     if r.status == "not run":
         return "not run yet"
+    if r.status == "damaged":
+        return f"{bold('DAMAGED')} (earlier results unreadable)"
     if r.status == "interrupted":
         kept = f"last results from {_when(r.finished)} kept" if r.finished else "no earlier results"
         return f"{bold('interrupted')} ({kept})"
@@ -60,7 +62,7 @@ def write_report(runs: Sequence[NotebookRun], profile: str, path: Path, *, comma
     base = Path(path).parent
     rel = lambda p: os.path.relpath(p, base)  # noqa: E731
     have = [r for r in runs if r.status != "not run"]
-    ok = [r for r in runs if r.status == "ok"]
+    ok = [r for r in runs if r.good]  # an interrupted notebook's kept results count as what they are
     checks = _checks(runs)
     claims = load_claims()
     command = command or f"python -m layersim.runner --profile {profile}"
@@ -88,6 +90,8 @@ def write_report(runs: Sequence[NotebookRun], profile: str, path: Path, *, comma
                 lines.append(f"- **{r.name}** was interrupted (Ctrl-C) before it finished; "
                              + (f"its results from {_when(r.finished)} are kept and reported here."
                                 if r.finished else "it has no earlier results."))
+            elif r.status == "damaged":
+                lines.append(f"- **{r.name}**: {r.error}.")
             elif r.kept:
                 lines.append(f"- **{r.name}**: {r.error}. Nothing was executed"
                              + (f"; its results from {_when(r.finished)} are kept." if r.finished else "."))

@@ -25,10 +25,12 @@ MATHJAX_DIR = "mathjax"
 class NotebookRun:
     """One notebook's results in ``output_dir``: from this invocation (``current``) or an earlier one.
 
-    `status`: ``ok``, ``failed``, ``interrupted`` (stopped by Ctrl-C) or ``not run`` (no results yet).
+    `status`: ``ok``, ``failed``, ``interrupted`` (stopped by Ctrl-C), ``damaged`` (earlier results whose
+    run.json or metrics.json cannot be read) or ``not run`` (no results yet).
     `kept`: this invocation's attempt left nothing worth keeping (interrupted, or failed before the
     notebook executed, e.g. no such kernel), so `output_dir`, `finished` and `metrics` describe the
-    last results from before.
+    last results from before; `kept_status` is their status (an interrupted notebook whose kept results
+    are ok still counts as ok).
     """
     name: str
     status: str
@@ -41,6 +43,12 @@ class NotebookRun:
     current: bool = True  # made by this invocation of the runner
     html: bool = False  # output_dir holds the notebook's HTML page
     kept: bool = False  # output_dir holds the last results from before this invocation's attempt
+    kept_status: str = ""  # the status of those kept results ("" when there are none)
+
+    @property
+    def good(self) -> bool:
+        """Its results are ok: it ran ok, or it was interrupted and keeps results that were ok."""
+        return self.status == "ok" or (self.status == "interrupted" and self.kept_status == "ok")
 
     @property
     def executed(self) -> Path:
@@ -64,12 +72,23 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def last_results(name: str, out_root: Path) -> NotebookRun:
-    """What ``out_root/<name>/`` holds from an earlier run (``status="not run"`` when nothing)."""
+    """What ``out_root/<name>/`` holds from an earlier run (``status="not run"`` when nothing; ``"damaged"``
+    when its run.json, or the metrics.json of a run that was ok, cannot be read)."""
     folder = Path(out_root) / name
-    record = _read_json(folder / RUN_FILE)
-    if record is None:
+    if not (folder / RUN_FILE).exists():
         return NotebookRun(name, "not run", 0.0, folder, {}, current=False)
-    return NotebookRun(name, str(record.get("status", "failed")), float(record.get("seconds", 0.0)), folder,
-                       dict(record.get("parameters", {})), str(record.get("error", "")),
-                       _read_json(folder / METRICS_FILE) or {}, str(record.get("finished", "")), current=False,
-                       html=(folder / f"{name}.html").exists())
+    html = (folder / f"{name}.html").exists()
+    record = _read_json(folder / RUN_FILE)
+    try:
+        status, seconds = str(record["status"]), float(record.get("seconds", 0.0))
+        parameters = dict(record.get("parameters", {}))
+    except (TypeError, KeyError, ValueError):
+        return NotebookRun(name, "damaged", 0.0, folder, {}, f"{folder / RUN_FILE} is damaged (not a run record); "
+                           f"run the notebook again (--only {name})", current=False, html=html)
+    error, finished = str(record.get("error", "")), str(record.get("finished", ""))
+    metrics = _read_json(folder / METRICS_FILE)
+    if metrics is None and (status == "ok" or (folder / METRICS_FILE).exists()):
+        what = "is damaged (not valid JSON)" if (folder / METRICS_FILE).exists() else "is missing"
+        status, error, metrics = "damaged", f"{folder / METRICS_FILE} {what}; run the notebook again (--only {name})", {}
+    return NotebookRun(name, status, seconds, folder, parameters, error, metrics or {}, finished, current=False,
+                       html=html)

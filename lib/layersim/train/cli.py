@@ -44,6 +44,9 @@ def main(argv=None) -> int:
                         help="discard what --out holds of another training run instead of refusing")
     args, rest = parser.parse_known_args(argv)
     try:
+        if not args.out.strip():  # an unset shell variable: never train into the current folder
+            raise ConfigError("--out must name a folder for the run, got '' (an empty path would train into the "
+                              "current folder)")
         cfg = resolve(args.config, parse_overrides(rest))
     except ConfigError as e:
         parser.print_usage(sys.stderr)
@@ -57,9 +60,13 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (RunConflictError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (RunConflictError, CheckpointError, ValueError, OSError) as e:  # OSError: a full disk, a missing file
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # as the runner: one line, status 130; the same command resumes exactly
+        print(f"interrupted; run the same command again to resume from the last checkpoint in {args.out}",
+              file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if result.layer_acc is not None:

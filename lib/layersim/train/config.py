@@ -20,6 +20,7 @@ import yaml
 
 from ..losses import OBJECTIVES, WEIGHT_SCHEMES
 from ..storage import stable_hash
+from ..validate import real_number, whole_number
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("cosine", "linear", "constant")
@@ -116,6 +117,14 @@ def _choice(cfg, key, allowed):
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
+def _in_range(cfg, key, check, **limits):
+    """`check` (`real_number` / `whole_number`) of config key `key`, its ValueError as a ConfigError."""
+    try:
+        check(getattr(cfg, key), key, **limits)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check(cfg: TrainConfig) -> None:
     """Check types and ranges of every key (run by TrainConfig itself)."""
     types = _field_types()
@@ -153,12 +162,12 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(f"warmup is the fraction of steps spent warming up, in [0, 1); got {cfg.warmup}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1); got {cfg.label_smoothing}")
-    for key in ("lr", "vit_mlp_ratio"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"{key} must be > 0; got {getattr(cfg, key)}")
-    for key in ("weight_decay", "grad_clip"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}")
+    for key in ("lr", "vit_mlp_ratio"):  # finite: an infinite lr diverges at step 2, an infinite ratio allocates forever
+        _in_range(cfg, key, real_number, low=0, low_open=True, what="a finite number > 0")
+    for key in ("weight_decay", "grad_clip"):  # a NaN grad_clip would silently turn clipping off
+        _in_range(cfg, key, real_number, low=0, what="a finite number >= 0" + (" (0: off)" if key == "grad_clip" else ""))
+    for key in ("seed", "data_seed"):  # numpy refuses negative seeds, late: after the run folder was written
+        _in_range(cfg, key, whole_number, low=0)
     layer_weights(cfg)  # parses
 
 
@@ -220,6 +229,8 @@ def recipes() -> list:
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if data is None:

@@ -40,8 +40,8 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, differences, identity, identity_hash, layer_weights, resolve
 from .dist import Dist, setup_distributed, to_device, use_bf16
 from .evaluation import evaluate
-from .runs import (LOCK_FILE, MODEL_FILE, TOKENIZER_DIR, TrainResult, append_log, keep_log, load_run,
-                   model_payload, prepare_folder, read_log, save_tokenizer)
+from .runs import (LOCK_FILE, MODEL_FILE, TOKENIZER_DIR, TrainResult, append_log, discard_unstarted, keep_log,
+                   load_run, make_folder, model_payload, prepare_folder, read_log, run_folder, save_tokenizer)
 from .tasks import build_task
 
 
@@ -118,19 +118,25 @@ def train(config: "TrainConfig | dict | str | Path" = "vit-fashion-mnist", out: 
     cfg = resolve(config, overrides)
     if out is None:
         raise ValueError("train() needs an output folder: out=... (or use train_cached for the shared cache)")
-    out = Path(out)
+    out = run_folder(out)
     dist = setup_distributed(cfg)
     try:
         lock = file_lock(out / LOCK_FILE) if dist.is_main else contextlib.nullcontext()
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+        created = make_folder(out) if dist.is_main else False
+        prepared = False
         with lock:
-            if dist.is_main:
-                prepare_folder(out, cfg, overwrite)
-            dist.barrier()
-            if (out / MODEL_FILE).exists():
-                return load_run(out)
-            return _run(cfg, out, dist)
+            try:
+                if dist.is_main:
+                    prepare_folder(out, cfg, overwrite)
+                    prepared = True
+                dist.barrier()
+                if (out / MODEL_FILE).exists():
+                    return load_run(out)
+                return _run(cfg, out, dist)
+            except BaseException:
+                if prepared:  # refused late (or stopped) before a checkpoint: leave nothing that blocks a rerun
+                    discard_unstarted(out, created)
+                raise
     finally:
         if dist.owns_group:
             tdist.destroy_process_group()

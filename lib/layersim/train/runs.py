@@ -143,9 +143,50 @@ def _saved_config(folder: Path) -> TrainConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return resolve(data if isinstance(data, dict) else {"?": data})
-    except (OSError, yaml.YAMLError, ConfigError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError, TypeError) as e:
         raise RunConflictError(f"{path} cannot be read as a training config ({e}); nothing was changed. Train "
                                "into another --out folder, or pass --overwrite to discard that run") from e
+
+
+def run_folder(out, what: str = "out") -> Path:
+    """`out` as the Path of a run folder, or a ValueError sentence: an empty path (an unset shell variable would
+    train into the current folder) or a path that is a file."""
+    if out is None or not str(out).strip():
+        raise ValueError(f"{what} must name a folder for the run, got {str(out)!r} (an empty path would train into "
+                         "the current folder); give --out DIR")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{what} {out} is a file, not a folder: choose another run folder")
+    return out
+
+
+def make_folder(out: Path, what: str = "out") -> bool:
+    """Create `out` (and its parents); whether it was created here. A sentence when it cannot be used."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {out} cannot be used as a run folder ({e.strerror or e}); choose another "
+                         "folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {out} cannot be used as a run folder (not writable); choose another folder")
+    return created
+
+
+def discard_unstarted(out: Path, created: bool) -> None:
+    """After a start that failed before its first checkpoint (a value refused late, Ctrl-C): remove the
+    config.yaml and log.jsonl it wrote, and the folder when this start created it, so that nothing blocks the
+    corrected command. A folder with a checkpoint or model.pt is kept as it is (it resumes)."""
+    if any((out / name).exists() for name in (ckpt.CHECKPOINT, ckpt.PREVIOUS, MODEL_FILE)):
+        return
+    for name in (CONFIG_FILE, LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def prepare_folder(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
@@ -255,7 +296,8 @@ def train_cached(config: "TrainConfig | dict | str | Path" = "vit-fashion-mnist"
     from .loop import train  # the loop builds on this module, so it is imported when a run must be trained
 
     cfg = resolve(config, overrides)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "runs"
+    root = run_folder(cache_dir, "cache_dir") if cache_dir is not None else default_cache_dir() / "runs"
+    make_folder(root, "the cache folder")
     out = root / run_folder_name(cfg)
     # an unreadable model.pt is removed and the run trained again from its last checkpoint
     return load_or_build(out / MODEL_FILE, lambda _: load_run(out), lambda _: train(cfg, out),
