@@ -128,8 +128,8 @@ def measure_speedup(adapter, prompts, *, exit_layer: int, draft_tokens: int, max
     t_plain = t_spec = 0.0
     tokens = drafted = accepted = passes = 0
     divergences = []
-    for prompt in prompts:
-        for r in range(repeats):
+    for i, prompt in enumerate(prompts):
+        for r in range(repeats + (i == 0)):  # the very first pair warms up (allocations, kernels) and is not counted
             def plain():
                 return greedy_generate(adapter, prompt, max_new_tokens=max_new_tokens, stop_at_eos=False)
 
@@ -139,9 +139,11 @@ def measure_speedup(adapter, prompts, *, exit_layer: int, draft_tokens: int, max
             first, second = (plain, spec) if r % 2 == 0 else (spec, plain)
             out = {first: first(), second: second()}
             p, s = out[plain], out[spec]
+            if i == 0 and r == 0:
+                continue
             t_plain += p.seconds
             t_spec += s.seconds
-            if r == 0:
+            if r == (i == 0):
                 tokens += len(s.new_ids)
                 drafted, accepted, passes = drafted + s.drafted, accepted + s.accepted, passes + s.verify_passes
                 gap = first_divergence(adapter, prompt, p.new_ids, s.new_ids)

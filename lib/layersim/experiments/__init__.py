@@ -24,6 +24,10 @@ Modules (every public name is importable from ``layersim.experiments`` directly,
   (``mean_by_group``).
 * :mod:`~layersim.experiments.timing`: measured time of exiting at each layer (``time_fixed_exits``) and of
   real early exit (``measure_early_exit``, ``plain_forward``).
+* :mod:`~layersim.experiments.elastic`: self-speculative decoding of a language model (notebook 11): draft
+  acceptance by exit layer, teacher-forced (``draft_agreement_on``), prompts from test sequences
+  (``prompts_from``), predicted beside measured speed-up over (E, k) (``speculation_table``), and
+  transformers' ``assistant_early_exit`` as the peer baseline (``transformers_early_exit_speedup``).
 * :mod:`~layersim.experiments.plots`: figure helpers shared by the notebooks (seaborn / matplotlib; imported
   on its own, ``from layersim.experiments import plots``).
 
@@ -33,6 +37,7 @@ The rank correlation the notebooks use is `layersim.metrics.spearman`, the devic
 Shapes: features (L, n, d) and logits (L, n, C) are stacked layer-first; layers are numbered 1..L in
 everything a reader sees (tables, plots, group numbers).
 """
+from .elastic import draft_agreement_on, prompts_from, speculation_table, transformers_early_exit_speedup
 from .features import FEATURE_NORMS, TRAINED_PREFIX, LayerFeatures, load_layer_features
 from .geodesic import Trajectories, fit_linear_classifier, fraction_rising, geodesic_trajectories, relative_step_lengths
 from .notebook import FEATURE_CACHE, NotebookStart, start
@@ -52,4 +57,5 @@ __all__ = ["start", "NotebookStart", "FEATURE_CACHE",
            "massive_activation_samples", "OUTLIER_KINDS",
            "Trajectories", "geodesic_trajectories", "fit_linear_classifier", "fraction_rising", "relative_step_lengths",
            "ClassMeanPCA", "class_mean_pca", "plot_class_means", "pick_layers", "mean_by_group",
-           "time_fixed_exits", "plain_forward", "measure_early_exit"]
+           "time_fixed_exits", "plain_forward", "measure_early_exit",
+           "draft_agreement_on", "prompts_from", "speculation_table", "transformers_early_exit_speedup"]
