@@ -248,3 +248,48 @@ def test_bad_input_is_a_clear_error():
     one = tiny("gpt2", layers=1)
     with pytest.raises(ValueError, match="one layer"):
         self_speculative_generate(one, p, exit_layer=1)
+
+
+# ---- per-token confidence exit (CALM) ------------------------------------------------------------------------
+def test_confidence_exit_at_threshold_one_is_greedy_and_lower_thresholds_exit_earlier():
+    from layersim.early_exit import confidence_exit_sweep, confidence_generate
+
+    lm = tiny("llama")
+    for prompt in prompts(3):
+        plain = greedy_generate(lm, prompt, max_new_tokens=16, stop_at_eos=False)
+        full = confidence_generate(lm, prompt, threshold=1.0, max_new_tokens=16, stop_at_eos=False)
+        assert torch.equal(full.new_ids, plain.new_ids) and full.exit_layers == [4] * 16
+    rows = confidence_exit_sweep(lm, prompts(3), [0.02, 1.0], max_new_tokens=10)
+    assert rows[0]["mean exit layer"] < rows[1]["mean exit layer"] == 4.0
+    assert rows[1]["agreement with greedy"] == 1.0 and rows[1]["tokens before the first difference"] == 10
+    with pytest.raises(ValueError, match="threshold"):
+        confidence_generate(lm, prompts(1)[0], threshold=0)
+
+
+def test_confidence_exit_where_the_deeper_block_adds_nothing_is_exact():
+    """Block 2 of 2 adds nothing (output projections zeroed): every token may leave at layer 1, the skipped
+    block's cache comes from the exit state (which is block 2's input), and the output is the model's."""
+    from layersim.early_exit import confidence_generate
+
+    lm = tiny("gpt2", layers=2, init=0.5)
+    block = lm.model.transformer.h[1]
+    for linear in (block.attn.c_proj, block.mlp.c_proj):
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+    prompt = prompts(1)[0]
+    out = confidence_generate(lm, prompt, threshold=1e-6, max_new_tokens=12, stop_at_eos=False)
+    assert out.exit_layers == [2] + [1] * 11
+    assert torch.equal(out.new_ids, greedy_generate(lm, prompt, max_new_tokens=12, stop_at_eos=False).new_ids)
+
+
+def test_propagated_keys_and_values_are_checked_against_the_blocks_own():
+    class NoInputNorm(DecoderSteps):
+        def _keys_values(self, block, h, rotary):  # forgets the block's input norm
+            attn = block.attn
+            _, keys, values = attn.c_attn(h).split(attn.split_size, dim=2)
+            shape = (*keys.shape[:-1], -1, attn.head_dim)
+            return keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)
+
+    with pytest.raises(SelfCheckError, match="another state"):
+        NoInputNorm(tiny("gpt2"))
+    DecoderSteps(tiny("llama"))  # the rotary family's keys pass the same check

@@ -12,7 +12,8 @@ Two ways to measure "elastic inference" (one model, any depth budget):
 - for language models, self-speculative decoding (`self_speculative_generate`: layers 1..E draft with the
   shared head, the whole model verifies, the output is the model's own), its plain baseline with the same
   cache (`greedy_generate`), and its speed-up predicted from one teacher-forced pass (`draft_agreement`,
-  `measure_decode_costs`, `predict_speedup`) and measured (`measure_speedup`).
+  `measure_decode_costs`, `predict_speedup`) and measured (`measure_speedup`); and per-token confidence exit
+  for generation (CALM: `confidence_generate`, swept by `confidence_exit_sweep`; not lossless).
 
 Parameter savings of one shared classifier against L: `parameter_savings`, `savings_table`.
 
@@ -32,6 +33,7 @@ from .analysis import (Calibration, LayerSummaries, Overthinking, SaturationStat
 from .flops import FlopsProfile, count_flops, flop_counter
 from .inference import early_exit, exit_at_layer, generate_at_layer, paired_speedup, per_layer_logits
 from .speculative import Generation, greedy_generate, prompt_ids, self_speculative_generate
+from .token_exit import confidence_exit_sweep, confidence_generate
 from .speedup import draft_agreement, first_divergence, measure_decode_costs, measure_speedup, predict_speedup
 from .params import AUTHORS_SAVINGS, NOMINAL_SIZES, ParameterSavings, parameter_savings, savings_table
 from .policies import (POLICIES, ConfidenceExit, EntropyExit, ExitPolicy, ExitResult, FixedExit, PatienceExit,
@@ -46,4 +48,4 @@ __all__ = ["Calibration", "LayerSummaries", "Overthinking", "SaturationStats", "
            "ConfidenceExit", "EntropyExit", "ExitPolicy", "ExitResult", "FixedExit", "PatienceExit",
            "choose_by_accuracy_drop", "make_policy", "pareto_front", "simulate", "sweep", "sweep_policies",
            "BlockState", "Generation", "greedy_generate", "prompt_ids", "self_speculative_generate",
-           "draft_agreement", "first_divergence", "measure_decode_costs", "measure_speedup", "predict_speedup"]
+           "confidence_generate", "confidence_exit_sweep", "draft_agreement", "first_divergence", "measure_decode_costs", "measure_speedup", "predict_speedup"]

@@ -38,8 +38,9 @@ __all__ = ["Generation", "greedy_generate", "self_speculative_generate", "prompt
 @dataclass
 class Generation:
     """What a decoding call produced: ``ids`` (1, T + n) prompt and new tokens, ``new_ids`` (n,), ``text``
-    (with a tokenizer), ``seconds`` (decoding only, tokenisation excluded) and, for self-speculation, the
-    exit layer, drafts per pass, how many tokens were drafted and accepted, and the verify passes."""
+    (with a tokenizer), ``seconds`` (decoding only, tokenisation excluded); for self-speculation the exit
+    layer, drafts per pass, how many tokens were drafted and accepted, and the verify passes; for per-token
+    exits the layer each new token left at (``exit_layers``; the first token, from the prompt's pass, is L)."""
 
     ids: torch.Tensor
     new_ids: torch.Tensor
@@ -51,6 +52,7 @@ class Generation:
     accepted: int = 0
     verify_passes: int = 0
     accepted_per_pass: list = field(default_factory=list)
+    exit_layers: list = field(default_factory=list)  # per-token exits (`confidence_generate`)
 
     @property
     def acceptance_rate(self) -> float:

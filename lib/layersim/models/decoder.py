@@ -107,6 +107,40 @@ class DecoderSteps:
             h = out[0] if isinstance(out, (tuple, list)) else out
         return h
 
+    def propagate(self, h: torch.Tensor, first: int, last: int, cache, start: int) -> None:
+        """Give blocks first..last cache entries for positions start..start+T-1 without running them: their keys
+        and values are computed from the states h (1, T, d) (after each block's own input norm, with its own
+        key/value projections and positions), as if h were each block's input -- CALM's state propagation
+        for the layers a token skipped. Only the key/value projections run."""
+        positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
+        rotary = self.base.rotary_emb(h, position_ids=positions) if self.kind == "rotary" else None
+        for layer in range(first, last + 1):
+            if self.length(cache, layer) != start:
+                raise ValueError(f"block {layer}'s cache holds {self.length(cache, layer)} positions, but the new "
+                                 f"tokens start at position {start}")
+            keys, values = self._keys_values(self.layers[layer - 1], h, rotary)
+            cache.update(keys, values, layer - 1)
+
+    def _keys_values(self, block, h, rotary):
+        """(1, heads, T, head_dim) keys and values that `block` would cache for input h."""
+        if self.kind == "learned":
+            attn = block.attn
+            _, keys, values = attn.c_attn(block.ln_1(h)).split(attn.split_size, dim=2)
+            shape = (*keys.shape[:-1], -1, attn.head_dim)
+            return keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)
+        import sys
+
+        attn = block.self_attn
+        x = block.input_layernorm(h)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        keys = attn.k_proj(x).view(shape)
+        if getattr(attn, "k_norm", None) is not None:  # Qwen3 normalises each head's keys
+            keys = attn.k_norm(keys)
+        keys = keys.transpose(1, 2)
+        rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the family's own rotary function
+        keys = rotate(keys, keys, *rotary)[1]
+        return keys, attn.v_proj(x).view(shape).transpose(1, 2)
+
     def read(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """The shared head on (..., d) states of block `layer`: (..., V) logits (``adapter.reader``)."""
         return self.adapter.reader(h, layer)
@@ -130,11 +164,32 @@ class DecoderSteps:
             pieces.append(self.blocks(early, split + 1, L, cache, 6) if split < L else early)
             got = self.read(torch.cat(pieces, dim=1), L)
         ok, diff = _close(got, want, want.dtype)
+        if ok:
+            ok, diff = self._check_propagate(ids)
         if not ok:
             raise SelfCheckError(
-                f"{adapter.name}: running its blocks with a cache in pieces gives logits that differ from the "
-                f"model's own by up to {diff:.3g}; layersim.models.decoder does not know how this "
+                f"{adapter.name}: running its blocks with a cache in pieces (or giving skipped blocks keys and values "
+                f"from another state) differs from the model's own computation by up to {diff:.3g}; "
+                "layersim.models.decoder does not know how this "
                 f"{self.config.model_type} model prepares its blocks' inputs")
+
+
+    def _check_propagate(self, ids) -> tuple[bool, float]:
+        """`propagate` gives every block the keys and values that running the block on the same input caches."""
+        from .selfcheck import _close
+
+        ran, propagated = self.new_cache(), self.new_cache()
+        h = self.embed(ids, 0)
+        worst, ok = 0.0, True
+        with torch.no_grad(), eval_mode(self.adapter.model):
+            for layer in range(1, self.num_layers + 1):
+                self.propagate(h, layer, layer, propagated, 0)
+                h = self.blocks(h, layer, layer, ran, 0)
+                for a, b in ((ran.layers[layer - 1].keys, propagated.layers[layer - 1].keys),
+                             (ran.layers[layer - 1].values, propagated.layers[layer - 1].values)):
+                    same, diff = _close(b, a, a.dtype)
+                    ok, worst = ok and same, max(worst, diff)
+        return ok, worst
 
 
 def decoder_steps(adapter) -> DecoderSteps:
