@@ -34,6 +34,11 @@ def test_11_elastic_lm_smoke(run):
     assert checks["spec_aligned_accepts_more"]["value"] == pytest.approx(gain)
     peer = n["transformers_assistant_early_exit[aligned]"]
     assert "speedup" in peer or "error" in peer  # transformers raises for GPT-2 models: recorded, not hidden
+    calm = {(r["model"], r["threshold"]): r for r in n["confidence_exit"]}
+    assert sorted({m for m, _ in calm}) == sorted(models) and len(calm) == 3 * 4
+    for r in calm.values():
+        assert 1.0 <= r["mean exit layer"] <= 4.0 and 0.0 <= r["agreement with greedy"] <= 1.0
     for ext in ("png", "pdf"):
         assert (run.output_dir / f"acceptance_by_exit_layer.{ext}").stat().st_size > 1000
         assert (run.output_dir / f"speedup_predicted_vs_measured.{ext}").stat().st_size > 1000
+        assert (run.output_dir / f"confidence_exit.{ext}").stat().st_size > 1000

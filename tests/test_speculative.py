@@ -293,3 +293,21 @@ def test_propagated_keys_and_values_are_checked_against_the_blocks_own():
     with pytest.raises(SelfCheckError, match="another state"):
         NoInputNorm(tiny("gpt2"))
     DecoderSteps(tiny("llama"))  # the rotary family's keys pass the same check
+
+
+def test_the_transformers_peer_leaves_the_model_as_it_was():
+    """transformers' assistant_early_exit fails on GPT-2 and leaves config.n_layer = E behind; the peer
+    baseline reports the failure and restores the config, so decoding afterwards is still the model's."""
+    from layersim.experiments import transformers_early_exit_speedup
+
+    lm = tiny("gpt2", dtype=torch.float32)
+    before = greedy_generate(lm, torch.tensor([[3, 4]]), max_new_tokens=6, stop_at_eos=False).new_ids
+    peer = transformers_early_exit_speedup(lm, [torch.tensor([[3, 4]])], exit_layer=2, draft_tokens=2,
+                                           max_new_tokens=6, repeats=1)
+    assert ("error" in peer) or peer["identical"]
+    assert lm.model.config.n_layer == 4
+    assert torch.equal(greedy_generate(lm, torch.tensor([[3, 4]]), max_new_tokens=6, stop_at_eos=False).new_ids, before)
+    llama = tiny("llama", dtype=torch.float32)
+    peer = transformers_early_exit_speedup(llama, [torch.tensor([[3, 4]])], exit_layer=2, draft_tokens=2,
+                                           max_new_tokens=6, repeats=1)
+    assert peer["identical"] is True and peer["speedup"] > 0

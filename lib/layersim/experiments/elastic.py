@@ -71,6 +71,20 @@ def _quiet_transformers():
         hf_logging.set_verbosity(before)
 
 
+@contextlib.contextmanager
+def _config_kept(model):
+    """The model's config as it was, whatever happens inside: transformers' assistant_early_exit sets the
+    number of layers to E for the assistant and, when it fails (GPT-2), leaves the model with E layers."""
+    before = model.config.to_dict()
+    try:
+        yield
+    finally:
+        after = model.config.to_dict()
+        for key, value in before.items():
+            if after.get(key) != value:
+                setattr(model.config, key, value)
+
+
 def transformers_early_exit_speedup(adapter, prompts, *, exit_layer: int, draft_tokens: int,
                                     max_new_tokens: int = 32, repeats: int = 3) -> dict:
     """The peer baseline: `transformers`' ``generate(assistant_early_exit=E)`` (the first E layers draft, with
@@ -93,7 +107,7 @@ def transformers_early_exit_speedup(adapter, prompts, *, exit_layer: int, draft_
                 for name, extra in (runs if r % 2 == 0 else runs[::-1]):
                     start = time.perf_counter()
                     try:
-                        with torch.no_grad():
+                        with torch.no_grad(), _config_kept(model):
                             outs[name] = model.generate(ids, **common, **extra)
                     except Exception as e:  # transformers' own limitation, reported as the result
                         return {"exit_layer": exit_layer, "draft_tokens": draft_tokens,
