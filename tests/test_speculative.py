@@ -190,13 +190,16 @@ def test_draft_agreement_is_the_share_agreeing_with_the_last_layer():
 
 
 def test_predicted_speedup_by_hand():
-    costs = {"block": [1.0, 1.5, 2.0, 2.5], "head": [2.0, 2.0, 3.0, 3.0], "num_layers": 4, "context": 8}
+    costs = {"block": [1.0, 1.5, 2.0, 2.5], "call": [0.5, 0.5, 1.0, 1.0], "head": [2.0, 2.0, 3.0, 3.0],
+             "num_layers": 4, "context": 8}
     rows = predict_speedup([0.5, 0.8, 0.9, 1.0], costs, exit_layers=[1, 3], draft_tokens=[1, 3])
     r = {(x["exit_layer"], x["draft_tokens"]): x for x in rows}
-    # E=1, k=1: tokens 1 + .5; cost 1*(1+2) + 1 + 3*1.5 + 2 = 10.5; plain 4*1 + 2 = 6
-    assert r[1, 1]["tokens_per_pass"] == 1.5 and r[1, 1]["speedup"] == pytest.approx(1.5 * 6 / 10.5)
-    # E=3, k=3: tokens 1 + .9 + .81 + .729; cost 3*(3+2) + 3 + 1*2.5 + 3 = 23.5
-    assert r[3, 3]["speedup"] == pytest.approx(3.439 * 6 / 23.5)
+    # E=1, k=1: tokens 1 + .5; cost (.5+1+2) + (.5+1) + (.5 + 3*1.5) + 2 = 12; plain .5 + 4*1 + 2 = 6.5
+    assert r[1, 1]["tokens_per_pass"] == 1.5 and r[1, 1]["speedup"] == pytest.approx(1.5 * 6.5 / 12)
+    assert r[1, 1]["acceptance"] == 0.5 and r[1, 1]["agreement"] == 0.5
+    # E=3, k=3: tokens 1 + .9 + .81 + .729; cost 3*(.5+3+2) + (.5+3) + (1 + 1*2.5) + 3 = 26.5
+    assert r[3, 3]["speedup"] == pytest.approx(3.439 * 6.5 / 26.5)
+    assert r[3, 3]["acceptance"] == pytest.approx((0.9 + 0.81 + 0.729) / 3)
     assert predict_speedup([1, 1, 1, 1], costs, exit_layers=[2], draft_tokens=[3])[0]["tokens_per_pass"] == 4
     with pytest.raises(ValueError, match="one value per layer"):
         predict_speedup([0.5, 1.0], costs)
@@ -207,7 +210,8 @@ def test_predicted_speedup_by_hand():
 def test_measured_costs_and_speedup_on_a_tiny_model():
     lm = tiny("llama", dtype=torch.float32)
     costs = measure_decode_costs(lm, max_draft=2, context=16, repeats=2)
-    assert len(costs["block"]) == 3 and len(costs["head"]) == 3 and min(costs["block"] + costs["head"]) > 0
+    assert len(costs["block"]) == len(costs["call"]) == len(costs["head"]) == 3
+    assert min(costs["block"] + costs["head"]) > 0 and min(costs["call"]) >= 0
     out = measure_speedup(lm, prompts(2), exit_layer=2, draft_tokens=2, max_new_tokens=10, repeats=1)
     assert out["identical"] and out["divergences"] == [] and out["speedup"] > 0 and out["new_tokens"] == 20
     assert 0 <= out["acceptance_rate"] <= 1

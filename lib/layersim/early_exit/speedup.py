@@ -3,12 +3,12 @@
 Prediction (`predict_speedup`): from one teacher-forced pass over held-out text, the share of tokens whose
 layer-E prediction equals the final one (``agreement``, `draft_agreement`) estimates the chance a1 that a
 draft is accepted; with acceptances independent, a pass of k drafts yields 1 + a + ... + a^k tokens. Its
-cost, from the measured per-block and head costs (`measure_decode_costs`: b(q) one block on q new tokens,
-h(q) the head on q rows, at the given context length), is
+cost, from the measured costs (`measure_decode_costs`: b(q) one block on q new tokens, c(q) one call of the
+block loop beside its blocks, h(q) the head on q rows, at the given context length), is
 
-    k (E b(1) + h(1))  +  E b(1)  +  (L - E) b(k+1) + h(k+1)       (drafts, feeding the last draft, verify)
+    k (c(1) + E b(1) + h(1))  +  c(1) + E b(1)  +  c(k+1) + (L - E) b(k+1) + h(k+1)   (drafts, last draft, verify)
 
-against L b(1) + h(1) per token for plain decoding with the same cache. The best (E, k) is the largest ratio.
+against c(1) + L b(1) + h(1) per token for plain decoding with the same cache. The best (E, k) is the largest ratio.
 
 Measurement (`measure_speedup`): both decoders on the same prompts, timed as paired ratios in one process,
 outputs compared token for token; a divergence is reported with the full model's logit gap between the two
@@ -40,9 +40,10 @@ def draft_agreement(outputs) -> torch.Tensor:
 
 
 def measure_decode_costs(adapter, *, max_draft: int = 4, context: int = 64, repeats: int = 5) -> dict:
-    """Seconds of one block on q = 1..max_draft+1 new tokens (``block``, averaged over the model's blocks) and
-    of the head on q rows (``head``), after a cached context of `context` tokens; medians of `repeats`.
-    -> {"block": [b(1), ...], "head": [h(1), ...], "num_layers": L, "context": context}."""
+    """Seconds of decoding's parts on q = 1..max_draft+1 new tokens after a cached context of `context` tokens
+    (medians of `repeats`): ``block`` b(q) one block, ``call`` c(q) what one call of the block loop costs beside
+    its blocks (embedding, positions, mask: from timing 1 and L blocks), ``head`` h(q) the head on q rows and
+    picking the tokens. -> {"block": [...], "call": [...], "head": [...], "num_layers": L, "context": context}."""
     adapter = adapt(adapter)
     steps = decoder_steps(adapter)
     max_draft = whole_number(max_draft, "max_draft", low=1)
@@ -51,36 +52,44 @@ def measure_decode_costs(adapter, *, max_draft: int = 4, context: int = 64, repe
     L = adapter.num_layers
     ids = torch.randint(0, adapter.num_classes, (1, context + max_draft + 1),
                         generator=torch.Generator().manual_seed(0)).to(adapter.device)
-    block, head = [], []
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - start, out
+
+    block, call, head = [], [], []
     with torch.no_grad(), eval_mode(adapter.model):
         cache = steps.new_cache()
         steps.blocks(steps.embed(ids[:, :context], 0), 1, L, cache, 0)
         for q in range(1, max_draft + 2):
-            x = steps.embed(ids[:, context:context + q], context)
-            times_b, times_h = [], []
+            new = ids[:, context:context + q]
+            one, every, reads = [], [], []
             for _ in range(repeats + 1):  # the first is a warm-up
-                start = time.perf_counter()
-                h = steps.blocks(x, 1, L, cache, context)
-                middle = time.perf_counter()
-                steps.read(h, L)
-                end = time.perf_counter()
+                t1, _ = timed(lambda: steps.blocks(steps.embed(new, context), 1, 1, cache, context))
                 steps.keep(cache, context)
-                times_b.append((middle - start) / L)
-                times_h.append(end - middle)
-            block.append(statistics.median(times_b[1:]))
-            head.append(statistics.median(times_h[1:]))
-    return {"block": block, "head": head, "num_layers": L, "context": context}
+                tL, h = timed(lambda: steps.blocks(steps.embed(new, context), 1, L, cache, context))
+                steps.keep(cache, context)
+                th, _ = timed(lambda: steps.read(h[0], L).argmax(-1).tolist())
+                one.append(t1), every.append(tL), reads.append(th)
+            t1, tL = statistics.median(one[1:]), statistics.median(every[1:])
+            b = (tL - t1) / (L - 1) if L > 1 else tL
+            block.append(b)
+            call.append(max(t1 - b, 0.0))
+            head.append(statistics.median(reads[1:]))
+    return {"block": block, "call": call, "head": head, "num_layers": L, "context": context}
 
 
 def predict_speedup(agreement, costs: dict, *, exit_layers=None, draft_tokens=(1, 2, 3, 4)) -> list[dict]:
     """Predicted speed-up of self-speculative over plain decoding for every (E, k) (see the module's
     docstring). agreement: (L,) from `draft_agreement`; costs: from `measure_decode_costs` (max_draft >= every
-    k). -> one row per (E, k): exit_layer, draft_tokens, acceptance, tokens_per_pass, speedup."""
+    k). -> one row per (E, k): exit_layer, draft_tokens, agreement (a), acceptance (the expected share of drafts
+    accepted, (a + a^2 + ... + a^k) / k: drafts after a rejection are wasted), tokens_per_pass, speedup."""
     agreement = torch.as_tensor(agreement, dtype=torch.float64)
     L = costs["num_layers"]
     if agreement.shape != (L,):
         raise ValueError(f"agreement must have one value per layer ({L}), got shape {tuple(agreement.shape)}")
-    b, h = costs["block"], costs["head"]
+    b, c, h = costs["block"], costs["call"], costs["head"]
     exit_layers = list(range(1, L)) if exit_layers is None else list(exit_layers)
     rows = []
     for E in exit_layers:
@@ -90,9 +99,10 @@ def predict_speedup(agreement, costs: dict, *, exit_layers=None, draft_tokens=(1
                              what=f"an integer in 1..{len(b) - 1} (measure_decode_costs' max_draft)")
             a = float(agreement[E - 1])
             tokens = float(sum(a ** i for i in range(k + 1)))
-            round_cost = k * (E * b[0] + h[0]) + E * b[0] + (L - E) * b[k] + h[k]
-            rows.append({"exit_layer": E, "draft_tokens": k, "acceptance": a, "tokens_per_pass": tokens,
-                         "speedup": tokens * (L * b[0] + h[0]) / round_cost})
+            round_cost = k * (c[0] + E * b[0] + h[0]) + (c[0] + E * b[0]) + (c[k] + (L - E) * b[k]) + h[k]
+            rows.append({"exit_layer": E, "draft_tokens": k, "agreement": a,
+                         "acceptance": float(sum(a ** i for i in range(1, k + 1))) / k,
+                         "tokens_per_pass": tokens, "speedup": tokens * (c[0] + L * b[0] + h[0]) / round_cost})
     return rows
 
 

@@ -49,7 +49,7 @@ def speculation_table(adapter, prompts, agreement, *, exit_layers, draft_tokens,
         m = measure_speedup(adapter, prompts, exit_layer=p["exit_layer"], draft_tokens=p["draft_tokens"],
                             max_new_tokens=max_new_tokens, repeats=repeats)
         rows.append({"exit layer": p["exit_layer"], "drafts k": p["draft_tokens"],
-                     "acceptance (predicted)": p["acceptance"], "acceptance (measured)": m["acceptance_rate"],
+                     "agreement (teacher-forced)": p["agreement"], "acceptance (predicted)": p["acceptance"], "acceptance (measured)": m["acceptance_rate"],
                      "tokens/pass (predicted)": p["tokens_per_pass"], "tokens/pass (measured)": m["tokens_per_pass"],
                      "speed-up (predicted)": p["speedup"], "speed-up (measured)": m["speedup"],
                      "plain tokens/s": m["plain_tokens_per_second"],
