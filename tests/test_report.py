@@ -3,6 +3,7 @@
 Tiny models are built from configs (nothing downloaded) and, for the command line, saved to folders with
 save_pretrained, the path users take. The last layer's numbers are compared with the model's own logits.
 """
+import functools
 import json
 import re
 import subprocess
@@ -197,3 +198,74 @@ window.addEventListener('load', () => { for (const img of document.images)
     for img in images:
         loaded = re.search(r'data-loaded="(\d+)"', img)
         assert loaded and int(loaded.group(1)) > 100, f"figure did not load: {img[:200]}"
+
+
+# ---- coverage: every family either gives correct numbers or a clear refusal --------------------------------
+@functools.lru_cache(maxsize=1)
+def family_models():
+    """{family: (model, inputs)} from small configs (norms randomised, as a trained model's)."""
+    import timm
+
+    from test_selfcheck import randomize_norms
+
+    torch.manual_seed(0)
+    V = 100
+    ids = torch.randint(0, V, (4, 10), generator=torch.Generator().manual_seed(2))
+    dec = dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=64, initializer_range=0.2)
+    enc = dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+               initializer_range=0.2, num_labels=3, pad_token_id=0)
+    t = transformers
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    models = {
+        "gpt2": (t.GPT2LMHeadModel(t.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=2, n_positions=64,
+                                                initializer_range=0.2)), ids),
+        "llama": (t.LlamaForCausalLM(t.LlamaConfig(**dec, num_key_value_heads=1)), ids),
+        "mistral": (t.MistralForCausalLM(t.MistralConfig(**dec, num_key_value_heads=1)), ids),
+        "qwen2": (t.Qwen2ForCausalLM(t.Qwen2Config(**dec, num_key_value_heads=1)), ids),
+        "gpt-neox": (t.GPTNeoXForCausalLM(t.GPTNeoXConfig(**dec)), ids),
+        "opt": (t.OPTForCausalLM(t.OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3, ffn_dim=64,
+                                             num_attention_heads=2, word_embed_proj_dim=16, init_std=0.2,
+                                             max_position_embeddings=64)), ids),
+        "bert": (t.BertForSequenceClassification(t.BertConfig(**enc)), ids),
+        "roberta": (t.RobertaForSequenceClassification(t.RobertaConfig(**enc, max_position_embeddings=64)), ids),
+        "distilbert": (t.DistilBertForSequenceClassification(t.DistilBertConfig(
+            vocab_size=V, dim=32, n_layers=3, n_heads=2, hidden_dim=64, num_labels=3, pad_token_id=0)), ids),
+        "vit-hf": (t.ViTForImageClassification(t.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                                          num_hidden_layers=3, num_attention_heads=2,
+                                                          intermediate_size=64, num_labels=3)), images),
+        "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                       embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
+        "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
+                                                  patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3),
+                                images),
+    }
+    return {name: (randomize_norms(model), x) for name, (model, x) in models.items()}
+
+
+FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "bert", "roberta", "distilbert", "vit-hf",
+            "timm-vit", "timm-deit-distilled"]
+LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt")
+REFUSED = {"vit-hf": "don't know how to read the layers of ViTForImageClassification"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gives_correct_numbers_or_a_clear_refusal(family):
+    model, x = family_models()[family]
+    if family in REFUSED:
+        with pytest.raises(ReportError, match=re.escape(REFUSED[family])):
+            report(model, x, progress=False)
+        return
+    labels = torch.tensor([0, 1, 2, 1])
+    r = report(model, x if family in LMS else (x, labels), progress=False)
+    num = r.numbers
+    assert torch.tensor(num["cos"]).shape == torch.tensor(num["cka"]).shape == (3, 3)
+    with torch.no_grad():
+        own = model(x).logits if family not in ("timm-vit", "timm-deit-distilled") else model(x)
+    if family in LMS:  # layer L is the model's own next-token prediction
+        own, targets = own[:, :-1], x[:, 1:]
+        assert num["accuracy"][-1] == pytest.approx((own.argmax(-1) == targets).double().mean().item())
+    else:
+        assert num["accuracy"][-1] == pytest.approx((own.argmax(-1) == labels).double().mean().item())
+    assert num["final_prob"][-1] == pytest.approx(own.softmax(-1).max(-1).values.double().mean().item(), rel=1e-4)
+    assert len(num["accuracy"]) == 3 and num["agreement_with_final"][-1] == 1.0

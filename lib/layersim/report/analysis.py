@@ -91,7 +91,7 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
                 preds = out.preds
                 sums["agree"] += (preds == preds[-1:]).double().sum(1)
                 sums["final_prob"] += out.final_prob.double().sum(1)
-                if out.labels is not None and (lm or inputs.labels):
+                if out.labels is not None and (lm or inputs.labels):  # labels: in the dict of token ids
                     sums["correct"] += (preds == out.labels[None]).double().sum(1)
                 if out.label_logprob is not None:
                     sums["logprob"] += out.label_logprob.double().sum(1)
@@ -150,6 +150,11 @@ def _flops(adapter, inputs, depth: int) -> dict:
             "per_layer": profile.layer_costs(every_layer=False).tolist(), "unit": "FLOPs per sample"}
 
 
+def _decode(tok, ids) -> str:
+    """Token ids as text (as ids in angle brackets for a model given without its tokenizer)."""
+    return tok.decode(ids) if tok is not None else " ".join(f"<{int(i)}>" for i in ids)
+
+
 def _lm_examples(adapter, batch, out, count: int) -> list:
     """Top tokens at every layer at a few positions of the first `count` sequences of a batch."""
     tok, enc = adapter.tokenizer, adapter.encode(batch)
@@ -164,9 +169,9 @@ def _lm_examples(adapter, batch, out, count: int) -> list:
         rows = []
         for p in dict.fromkeys(np.linspace(last // 4, last, EXAMPLE_POSITIONS).round().astype(int).tolist()):
             row = int(row_of[s, p])
-            rows.append({"position": p, "context": tok.decode(ids[s, max(0, p - 12):p + 1]),
-                         "next": tok.decode(ids[s, p + 1:p + 2]),
-                         "top_tokens": [[tok.decode([int(t)]) for t in out.topk_ids[l, row]]
+            rows.append({"position": p, "context": _decode(tok, ids[s, max(0, p - 12):p + 1]),
+                         "next": _decode(tok, ids[s, p + 1:p + 2]),
+                         "top_tokens": [[_decode(tok, [int(t)]) for t in out.topk_ids[l, row]]
                                         for l in range(len(out.layers))],
                          "top_probs": out.topk_probs[:, row].tolist()})
         examples.append({"sequence": s, "positions": rows})

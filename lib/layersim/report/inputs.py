@@ -80,8 +80,8 @@ class Inputs:
 def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_len: int = 128,
                  batch_size: int | None = None) -> Inputs:
     """`data` for `adapter`: None (the default source of its modality), a source name (`SOURCES`), a text
-    file, a folder of images, a list of texts, an (N, C, H, W) image tensor, an (N, T) tensor of token ids
-    (causal LM), or a pair (inputs, labels). The first `n` inputs are kept."""
+    file, a folder of images, a list of texts, an (N, C, H, W) image tensor, an (N, T) tensor of token ids,
+    or a pair (inputs, labels). The first `n` inputs are kept."""
     kind = modality(adapter)
     labels = None
     if isinstance(data, tuple) and len(data) == 2:
@@ -101,12 +101,15 @@ def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_
     size = batch_size or (8 if kind == "lm" else 32)
     if kind == "image":
         return _image_inputs(adapter, data, labels, source, classes, size)
-    if isinstance(data, torch.Tensor) and not (kind == "lm" and data.dim() == 2 and not data.is_floating_point()):
+    if isinstance(data, torch.Tensor) and not (data.dim() == 2 and not data.is_floating_point()):
         raise ReportError(f"{adapter.name} reads text, but the data are a tensor of shape {tuple(data.shape)} "
-                          f"({'images' if data.dim() == 4 else data.dtype}); give texts"
-                          + (" or (N, T) token ids" if kind == "lm" else ""))
-    if isinstance(data, torch.Tensor):  # token ids for a causal LM
-        return Inputs(_pairs(token_batches(data.long(), size)), len(data), source)
+                          f"({'images' if data.dim() == 4 else data.dtype}); give texts or (N, T) token ids")
+    if isinstance(data, torch.Tensor):  # token ids
+        notes = []
+        use = _labels_fit(adapter, labels, classes, notes)
+        batches = [({**b, "labels": use[i * size:(i + 1) * size]} if use is not None else b, None)
+                   for i, b in enumerate(token_batches(data.long(), size))]
+        return Inputs(batches, len(data), source, use is not None, classes, notes=notes)
     if not all(isinstance(t, str) for t in data):
         bad = next(type(t).__name__ for t in data if not isinstance(t, str))
         raise ReportError(f"{adapter.name} reads text, but the data hold {bad} items, not strings")
