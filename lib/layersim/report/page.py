@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..experiments.plots import layer_heatmap, per_layer_curves
 
@@ -22,6 +23,9 @@ STYLE = """
 
 
 def _png(fig) -> str:
+    for ax in fig.axes:
+        if ax.get_xlabel() in ("layer", "saturation layer") and not ax.collections:  # curves and bars
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
