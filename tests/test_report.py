@@ -1,0 +1,271 @@
+"""`layersim.report`: the paper's analysis of any model in one call or one command.
+
+Tiny models are built from configs (nothing downloaded) and, for the command line, saved to folders with
+save_pretrained, the path users take. The last layer's numbers are compared with the model's own logits.
+"""
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoTokenizer
+
+from headless_chromium import needs_chromium, rendered_dom
+from layersim import data as D
+from layersim.models import HFEncoder, adapt, minilm_path
+from layersim.report import ReportError, report
+from layersim.report.cli import main
+
+transformers.logging.set_verbosity_error()
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    """A real WordPiece tokenizer, from the offline MiniLM package."""
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    """A small byte-level BPE tokenizer (it has the end-of-text token that packing needs)."""
+    return D.train_bpe_tokenizer(D.load_english_corpus().train[:200], 300,
+                                 cache_dir=tmp_path_factory.mktemp("tokenizer"))
+
+
+def tiny_gpt2(bpe):
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(bpe), n_embd=32, n_layer=3, n_head=2, n_positions=64, initializer_range=0.2)).eval()
+
+
+def tiny_bert(wordpiece, head=True, **extra):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=3,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=2,
+                                     initializer_range=0.2, **extra)
+    cls = transformers.BertForSequenceClassification if head else transformers.BertModel
+    return cls(config).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, bpe, wordpiece):
+    root = tmp_path_factory.mktemp("models")
+    for name, model, tok in (("gpt2", tiny_gpt2(bpe), bpe), ("bert", tiny_bert(wordpiece), wordpiece)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root
+
+
+def test_lm_report_last_layer_is_the_models_own_prediction(bpe):
+    model = tiny_gpt2(bpe)
+    seqs = torch.randint(0, len(bpe), (5, 24), generator=torch.Generator().manual_seed(1))
+    r = report((model, bpe), seqs, progress=False)
+    num, L = r.numbers, 3
+    assert torch.tensor(num["cos"]).shape == (L, L) and torch.tensor(num["cka"]).shape == (L, L)
+    for key in ("accuracy", "perplexity", "agreement_with_final", "final_prob", "cos_to_last", "saturation_histogram"):
+        assert len(num[key]) == L, key
+    assert num["samples"] == 5 * 23  # every position that has a next token
+    with torch.no_grad():
+        logits = model(seqs).logits[:, :-1]  # the model's own next-token logits
+    targets = seqs[:, 1:]
+    own_acc = (logits.argmax(-1) == targets).double().mean().item()
+    own_ppl = torch.exp(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))).item()
+    assert num["accuracy"][-1] == pytest.approx(own_acc, abs=1e-9)
+    assert num["perplexity"][-1] == pytest.approx(own_ppl, rel=1e-4)
+    own_top = logits.softmax(-1).max(-1).values.double().mean().item()
+    assert num["final_prob"][-1] == pytest.approx(own_top, rel=1e-4)
+    assert num["agreement_with_final"][-1] == 1.0 and sum(num["saturation_histogram"]) == 5 * 23
+    assert num["examples"] and len(num["examples"][0]["positions"][0]["top_tokens"]) == L
+    assert 0 < num["flops"]["saved_fraction"] or num["minimal_depth"]["layer"] == L
+
+
+def test_classifier_report_matches_the_models_logits(wordpiece):
+    model = tiny_bert(wordpiece)
+    texts = [f"{'a fine' if i % 2 else 'a dull'} film, number {i} of the set" for i in range(12)]
+    labels = torch.tensor([i % 2 for i in range(12)])
+    r = report((model, wordpiece), (texts, labels), progress=False)
+    with torch.no_grad():
+        own = model(**wordpiece(texts, padding=True, return_tensors="pt")).logits
+    assert r.info["labels_used"] and r.numbers["pooling"] == "cls"
+    assert r.numbers["accuracy"][-1] == pytest.approx((own.argmax(-1) == labels).double().mean().item())
+    assert r.numbers["final_prob"][-1] == pytest.approx(own.softmax(-1).max(-1).values.mean().item(), rel=1e-5)
+    assert len(r.numbers["accuracy"]) == 3 and torch.tensor(r.numbers["cka"]).shape == (3, 3)
+    assert r.info["structure"]["family"] == "bert"
+    html = r._repr_html_()  # inline in Jupyter: the same figures
+    assert html.count("<img") == len(r.figures) == 5 and "<html" not in html
+
+
+def test_bare_backbone_gets_features_and_says_why_there_is_no_readout(wordpiece):
+    r = report((tiny_bert(wordpiece, head=False), wordpiece), ["one text", "another one", "and a third"],
+               progress=False)
+    assert not r.numbers["readout"] and "accuracy" not in r.numbers and r.numbers["pooling"] == "mean"
+    assert "no classification head" in r.info["no_readout"] and "No readout" in r.html()
+    assert set(r.figures) == {"similarity", "to_last"} and torch.tensor(r.numbers["cos"]).shape == (3, 3)
+
+
+def test_long_texts_are_truncated_and_counted(wordpiece):
+    adapter = HFEncoder(tiny_bert(wordpiece), wordpiece, max_length=16)
+    texts = ["short", "word " * 40, "another rather long text " * 10]
+    r = report(adapter, texts, progress=False)
+    assert r.info["truncated"] == 2 and "2 of 3 texts are longer than 16 tokens" in r.html()
+
+
+def test_cli_writes_both_files_for_saved_folders(folders, tmp_path):
+    text = tmp_path / "lines.txt"
+    text.write_text("\n".join(D.load_english_corpus().test[:30]))
+    for name, data in (("gpt2", str(text)), ("bert", "reviews")):
+        out = tmp_path / f"report-{name}"
+        assert main([str(folders / name), "--data", data, "--n", "6", "--seq-len", "24", "--out", str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+        saved = json.loads((out / "report.json").read_text())
+        assert len(saved["cos"]) == len(saved["cka"]) == 3 and len(saved["accuracy"]) == 3
+        assert saved["info"]["inputs"] == 6
+        assert (name == "gpt2") == ("perplexity" in saved)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["no-such-model-anywhere"], "cannot load model"),
+    (["{bert}", "--data", "digits"], "holds images, but the model reads text"),
+    (["{bert}", "--data", "{empty}"], "is empty"),
+    (["{gpt2}", "--data", "{images}"], "is a folder, but the model reads text"),
+    (["{bert}", "--device", "cuda:7"], "cuda"),
+])
+def test_bad_input_exits_2_and_leaves_out_untouched(folders, tmp_path, capsys, args, message):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "images").mkdir()
+    paths = {"bert": folders / "bert", "gpt2": folders / "gpt2", "empty": tmp_path / "empty.txt",
+             "images": tmp_path / "images"}
+    args = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
+    absent, kept = tmp_path / "absent", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("before")
+    for out in (absent, kept):
+        assert main(args + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not absent.exists() and [p.name for p in kept.iterdir()] == ["mine.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_model_failing_the_self_check_is_refused(wordpiece, tmp_path):
+    prenorm = transformers.RobertaPreLayerNormForSequenceClassification(transformers.RobertaPreLayerNormConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=2, pad_token_id=0)).eval()
+    with torch.no_grad():
+        prenorm.base_model.LayerNorm.weight.uniform_(0.2, 2.0)
+
+    class ReadAsPostNorm(HFEncoder):  # a wrong assumption: no final norm
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.has_final_norm = self.norm_before_pool = False
+
+    unchecked = ReadAsPostNorm(prenorm, check=False)
+    with pytest.raises(ReportError, match="fails layersim's self-check"):
+        report(unchecked, {"input_ids": torch.ones(2, 4, dtype=torch.long)}, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_entry_point(folders, tmp_path):
+    env = {"PYTHONPATH": str(LIB), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LAYERSIM_PROGRESS": "off"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "layersim.report", *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=300, env={**__import__("os").environ, **env})
+    bad = run(str(tmp_path / "missing-folder"), "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "error: cannot load model" in bad.stderr and not (tmp_path / "o").exists()
+    good = run(str(folders / "bert"), "--n", "4", "--out", str(tmp_path / "o"))
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "o" / "report.html").is_file() and (tmp_path / "o" / "report.json").is_file()
+
+
+@needs_chromium
+def test_the_page_shows_every_figure_in_a_browser(bpe, tmp_path):
+    r = report((tiny_gpt2(bpe), bpe), "english", n=4, seq_len=24, out=tmp_path / "out", progress=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # self-contained: nothing fetched
+    probe = tmp_path / "out" / "probe.html"
+    probe.write_text(page.replace("</body>", """<script>
+window.addEventListener('load', () => { for (const img of document.images)
+  img.setAttribute('data-loaded', img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0); });
+</script></body>"""))
+    images = re.findall(r"<img[^>]*>", rendered_dom(probe, budget_ms=5000))
+    assert len(images) == len(r.figures) == 6
+    for img in images:
+        loaded = re.search(r'data-loaded="(\d+)"', img)
+        assert loaded and int(loaded.group(1)) > 100, f"figure did not load: {img[:200]}"
+
+
+# ---- coverage: every family either gives correct numbers or a clear refusal --------------------------------
+@functools.lru_cache(maxsize=1)
+def family_models():
+    """{family: (model, inputs)} from small configs (norms randomised, as a trained model's)."""
+    import timm
+
+    from test_selfcheck import randomize_norms
+
+    torch.manual_seed(0)
+    V = 100
+    ids = torch.randint(0, V, (4, 10), generator=torch.Generator().manual_seed(2))
+    dec = dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=64, initializer_range=0.2)
+    enc = dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+               initializer_range=0.2, num_labels=3, pad_token_id=0)
+    t = transformers
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    models = {
+        "gpt2": (t.GPT2LMHeadModel(t.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=2, n_positions=64,
+                                                initializer_range=0.2)), ids),
+        "llama": (t.LlamaForCausalLM(t.LlamaConfig(**dec, num_key_value_heads=1)), ids),
+        "mistral": (t.MistralForCausalLM(t.MistralConfig(**dec, num_key_value_heads=1)), ids),
+        "qwen2": (t.Qwen2ForCausalLM(t.Qwen2Config(**dec, num_key_value_heads=1)), ids),
+        "gpt-neox": (t.GPTNeoXForCausalLM(t.GPTNeoXConfig(**dec)), ids),
+        "opt": (t.OPTForCausalLM(t.OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3, ffn_dim=64,
+                                             num_attention_heads=2, word_embed_proj_dim=16, init_std=0.2,
+                                             max_position_embeddings=64)), ids),
+        "bert": (t.BertForSequenceClassification(t.BertConfig(**enc)), ids),
+        "roberta": (t.RobertaForSequenceClassification(t.RobertaConfig(**enc, max_position_embeddings=64)), ids),
+        "distilbert": (t.DistilBertForSequenceClassification(t.DistilBertConfig(
+            vocab_size=V, dim=32, n_layers=3, n_heads=2, hidden_dim=64, num_labels=3, pad_token_id=0)), ids),
+        "vit-hf": (t.ViTForImageClassification(t.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                                          num_hidden_layers=3, num_attention_heads=2,
+                                                          intermediate_size=64, num_labels=3)), images),
+        "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                       embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
+        "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
+                                                  patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3),
+                                images),
+    }
+    return {name: (randomize_norms(model), x) for name, (model, x) in models.items()}
+
+
+FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "bert", "roberta", "distilbert", "vit-hf",
+            "timm-vit", "timm-deit-distilled"]
+LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt")
+REFUSED = {"vit-hf": "don't know how to read the layers of ViTForImageClassification"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gives_correct_numbers_or_a_clear_refusal(family):
+    model, x = family_models()[family]
+    if family in REFUSED:
+        with pytest.raises(ReportError, match=re.escape(REFUSED[family])):
+            report(model, x, progress=False)
+        return
+    labels = torch.tensor([0, 1, 2, 1])
+    r = report(model, x if family in LMS else (x, labels), progress=False)
+    num = r.numbers
+    assert torch.tensor(num["cos"]).shape == torch.tensor(num["cka"]).shape == (3, 3)
+    with torch.no_grad():
+        own = model(x).logits if family not in ("timm-vit", "timm-deit-distilled") else model(x)
+    if family in LMS:  # layer L is the model's own next-token prediction
+        own, targets = own[:, :-1], x[:, 1:]
+        assert num["accuracy"][-1] == pytest.approx((own.argmax(-1) == targets).double().mean().item())
+    else:
+        assert num["accuracy"][-1] == pytest.approx((own.argmax(-1) == labels).double().mean().item())
+    assert num["final_prob"][-1] == pytest.approx(own.softmax(-1).max(-1).values.double().mean().item(), rel=1e-4)
+    assert len(num["accuracy"]) == 3 and num["agreement_with_final"][-1] == 1.0
