@@ -174,16 +174,7 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
                                 ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
-def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, weights: torch.Tensor, *,
-                          label_smoothing: float = 0.0, ignore_index: int = -100) -> LayerLoss:
-    """The layer-wise objective on head inputs: sum_l weights[l] * CE(reader(vectors[l], l), targets).
-
-    vectors: (L, n, d) one vector per sample and layer (layer-first; ``adapter.head_inputs(hidden)``).
-    reader: ``reader(v, layer) -> logits`` for 1-based layers (``adapter.reader``, the shared last-layer
-      classifier: aligned / standard; an `ExitHeads`: multi-exit; or any callable of that form).
-    targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
-    Returns a `LayerLoss`.
-    """
+def _check_readout(vectors: torch.Tensor, reader, weights) -> torch.Tensor:
     if vectors.dim() < 3:
         raise ValueError(f"expected vectors of shape (layers, samples, width), got {tuple(vectors.shape)}")
     if not callable(reader):
@@ -192,15 +183,113 @@ def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.
     weights = torch.as_tensor(weights, dtype=torch.float32)
     if weights.shape != (L,):
         raise ValueError(f"expected {L} layer weights for vectors of {L} layers, got shape {tuple(weights.shape)}")
-    selected = [l for l in range(L) if float(weights[l]) != 0.0]
-    if not selected:
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"layer weights must be finite and >= 0, got {weights.tolist()}")
+    if not bool((weights != 0).any()):
         raise ValueError("every layer weight is 0: nothing to train")
+    return weights
+
+
+def _fused_linear(reader, layers, rows: int):
+    """The one linear layer that ends the reader at every layer of `layers` when the loss is to be fused
+    (logits of `rows` rows above `FUSE_ABOVE_ELEMENTS`), else None."""
+    if not hasattr(reader, "linear"):
+        return None
+    linears = {id(reader.linear(layer)): reader.linear(layer) for layer in layers}
+    linear = next(iter(linears.values()))
+    if len(linears) != 1 or linear is None or rows * linear.out_features <= FUSE_ABOVE_ELEMENTS:
+        return None
+    return linear
+
+
+def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, weights: torch.Tensor, *,
+                          label_smoothing: float = 0.0, ignore_index: int = -100) -> LayerLoss:
+    """The layer-wise objective on head inputs: sum_l weights[l] * CE(reader(vectors[l], l), targets).
+
+    vectors: (L, n, d) one vector per sample and layer (layer-first; ``adapter.head_inputs(hidden)``).
+    reader: ``reader(v, layer) -> logits`` for 1-based layers (``adapter.reader``, the shared last-layer
+      classifier: aligned / standard; an `ExitHeads`: multi-exit; or any callable of that form).
+    targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
+    Returns a `LayerLoss`. Large logits (a vocabulary) go through the fused loss (`draws_cross_entropy`):
+    the layers one reader reads with one linear layer in one call.
+    """
+    weights = _check_readout(vectors, reader, weights)
+    L, n = vectors.shape[:2]
+    selected = [l for l in range(L) if float(weights[l]) != 0.0]
     per_layer = torch.full((L,), math.nan)
+    fused = [l for l in selected if _fused_linear(reader, [l + 1], n) is not None]
+    if fused:  # one segment per layer
+        layers = torch.tensor([l + 1 for l in selected])[:, None].expand(len(selected), n)
+        loss, means = draws_cross_entropy(vectors, reader, targets, layers, weights[selected],
+                                          label_smoothing=label_smoothing, ignore_index=ignore_index)
+        per_layer[selected] = means
+        return LayerLoss(loss, per_layer, weights)
     losses = torch.stack([layer_loss(vectors[l], reader, l + 1, targets, label_smoothing=label_smoothing,
                                      ignore_index=ignore_index) for l in selected])
     w = weights[selected].to(device=losses.device, dtype=losses.dtype)
     per_layer[selected] = losses.detach().float().cpu()
     return LayerLoss((w * losses).sum(), per_layer, weights)
+
+
+def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, layers: torch.Tensor,
+                        scales: torch.Tensor, *, label_smoothing: float = 0.0, ignore_index: int = -100) -> tuple:
+    """The loss of S segments, each reading every sample at a layer of its own (a plan of `layer_draws`):
+
+        loss = sum_s scales[s] * (1 / n') * sum_i CE(reader(vectors[layers[s, i] - 1, i], layers[s, i]), targets[i])
+
+    vectors (L, n, d), targets (n,), layers (S, n) 1-based, scales (S,) >= 0; n' the count of targets that
+    are not `ignore_index`. Returns ``(loss, means)``: loss a scalar with its graph, means (S,) the detached
+    mean cross-entropy of each segment. The rows of a segment are read layer by layer (``reader.pre(v, l)``:
+    each layer its own steps before the head's linear layer, e.g. no final norm below L) and, when the loss
+    is fused (a vocabulary), all segments read by one linear layer go through one `segments_cross_entropy`
+    call: one pass of the head over the rows, one weight-sized gradient. Otherwise logits are formed per
+    segment. A reader with another linear layer per layer (`ExitHeads`) makes one call per linear layer.
+    """
+    L, n = vectors.shape[:2]
+    layers = torch.as_tensor(layers, dtype=torch.long).cpu()
+    scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+    if layers.dim() != 2 or layers.shape[1] != n or scales.shape != (layers.shape[0],):
+        raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and {tuple(scales.shape)}")
+    if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
+        raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
+    if targets.shape != (n,):
+        raise ValueError(f"expected targets of shape ({n},) for {n} samples, got {tuple(targets.shape)}")
+    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+    count = (targets != ignore_index).sum()
+    if int(count) == 0:
+        raise ValueError("every target equals ignore_index: nothing to train on")
+    segments = []  # per segment: [(layer, rows or None for all)]
+    for row in layers:
+        distinct = torch.unique(row).tolist()
+        segments.append([(distinct[0], None)] if len(distinct) == 1 else
+                        [(l, (row == l).nonzero()[:, 0].to(vectors.device)) for l in distinct])
+
+    def rows_of(segment, read):
+        parts = [(read(vectors[l - 1] if idx is None else vectors[l - 1, idx], l), targets if idx is None else targets[idx])
+                 for l, idx in segment]
+        return (parts[0] if len(parts) == 1 else (torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])))
+
+    groups: dict = {}  # segments read by one fused linear layer, by that layer
+    for s, segment in enumerate(segments):
+        linear = _fused_linear(reader, [l for l, _ in segment], n)
+        groups.setdefault(id(linear) if linear is not None else ("own", s), (linear, []))[1].append(s)
+    values, means = [], torch.full((len(segments),), math.nan)
+    from .fused_ce import segments_cross_entropy
+
+    for linear, members in groups.values():
+        if linear is not None:
+            hidden, target = zip(*[rows_of(segments[s], reader.pre) for s in members])
+            value, totals = segments_cross_entropy(hidden, linear.weight, linear.bias, target, scales[members], count,
+                                                   ignore_index=ignore_index, label_smoothing=label_smoothing)
+        else:
+            (s,) = members
+            logits, target = rows_of(segments[s], reader)
+            totals = F.cross_entropy(logits, target, reduction="sum", label_smoothing=label_smoothing,
+                                     ignore_index=ignore_index)[None]
+            value = (scales[members].to(totals) * (totals / count)).sum()
+        values.append(value)
+        means[members] = (totals.detach() / count).float().cpu()
+    return (values[0] if len(values) == 1 else torch.stack(values).sum()), means
 
 
 # ---- objectives on adapters ----------------------------------------------------------------------------
