@@ -11,6 +11,22 @@ pooled representation of layer l (PAPER.md, "Aligned loss" and "Multi-exit basel
 - **multi_exit**: layers 1..L-1 have a freshly initialised head each, layer L the model's own head,
   w_l = 1/L.
 
+**Sampled aligned loss** (``layer_sampling``, `layer_draws`): the aligned loss reads the vocabulary head at
+every layer, which at GPT-2's shape costs several standard steps. An unbiased estimator reads layer L (weight
+w_L) and one more layer per token or per step, drawn from the other layers' weights:
+
+- "token": each row i also reads one layer j_i in 1..L-1 drawn with probability q_j = w_j / W (W = w_1 + ...
+  + w_{L-1}, i.e. 1 - w_L for weights that sum to 1), its cross-entropy weighted W. Then
+  E[loss] = w_L CE_L + W sum_j q_j CE_j = sum_l w_l CE_l, and likewise the gradient (the draws do not depend
+  on the parameters): the aligned loss and its gradient, in expectation, at about one extra head per step.
+- "step": one layer j for every row of the step, drawn as above (the same expectation, more variance).
+- "rotation": LayerSkip's rotational early-exit curriculum (Elhoushi et al. 2024): at step t the early layers
+  j with (j - 1 - t) mod R = 0 are read (R = L - 1 by default: one early layer per step, in turn 1, 2, ...,
+  L-1, 1, ...), each weighted R w_j, beside layer L (w_L). Deterministic, so *not* unbiased at a given step:
+  the mean over any R consecutive steps (at fixed parameters) is the aligned loss exactly. LayerSkip itself
+  rescales the losses of the enabled layers to sum to 1 at every step, which is not the aligned loss even
+  on average; this scaling is the one whose cycle average is.
+
 Layers whose weight is 0 are not read out at all: no logits, no gradient through them (so "aligned with
 all weight on the last layer" *is* the standard loss, to the bit).
 
@@ -32,12 +48,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .validate import real_number, whole_number
 
 OBJECTIVES = ("standard", "aligned", "multi_exit")
+LAYER_SAMPLING = ("none", "token", "step", "rotation")
 WEIGHT_SCHEMES = ("linear", "uniform", "last")
 
 Reader = Callable[[torch.Tensor, int], torch.Tensor]  # reader(v, layer) -> logits (layersim.models.readers)
@@ -155,14 +173,15 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
                label_smoothing: float = 0.0, ignore_index: int = -100, fused: bool | None = None) -> torch.Tensor:
     """The cross-entropy of `reader` on (n, d) head inputs of 1-based `layer` -> a scalar.
 
-    This is the one place where a loss forms logits. When the reader's last step is one linear layer
-    (``reader.linear(layer)``: our ViT, timm, causal LMs) and the logits would be large (`FUSE_ABOVE_ELEMENTS`;
-    or ``fused=True``), the loss is a fused, chunked linear + cross-entropy (`layersim.fused_ce`): peak memory
-    holds one chunk of logits, not n x C. Both paths give the same values and gradients up to float rounding.
+    When the reader's last step is one linear layer (``reader.linear(layer)``: our ViT, timm, causal LMs) and
+    the logits would be large (`FUSE_ABOVE_ELEMENTS`; or ``fused=True``), the loss is a fused, chunked linear +
+    cross-entropy (`layersim.fused_ce`): peak memory holds one chunk of logits, not n x C. Both paths give the
+    same values and gradients up to float rounding. (The objectives read many layers at once:
+    `draws_cross_entropy`.)
     """
     linear = reader.linear(layer) if hasattr(reader, "linear") else None
     if fused is None:
-        fused = linear is not None and vectors.shape[0] * linear.out_features > FUSE_ABOVE_ELEMENTS
+        fused = _fused_linear(reader, [layer], vectors.shape[0]) is not None
     if not fused:
         return layer_cross_entropy(reader(vectors, layer)[None], targets, label_smoothing=label_smoothing,
                                    ignore_index=ignore_index)[0]
@@ -214,21 +233,12 @@ def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.
     the layers one reader reads with one linear layer in one call.
     """
     weights = _check_readout(vectors, reader, weights)
-    L, n = vectors.shape[:2]
-    selected = [l for l in range(L) if float(weights[l]) != 0.0]
-    per_layer = torch.full((L,), math.nan)
-    fused = [l for l in selected if _fused_linear(reader, [l + 1], n) is not None]
-    if fused:  # one segment per layer
-        layers = torch.tensor([l + 1 for l in selected])[:, None].expand(len(selected), n)
-        loss, means = draws_cross_entropy(vectors, reader, targets, layers, weights[selected],
-                                          label_smoothing=label_smoothing, ignore_index=ignore_index)
-        per_layer[selected] = means
-        return LayerLoss(loss, per_layer, weights)
-    losses = torch.stack([layer_loss(vectors[l], reader, l + 1, targets, label_smoothing=label_smoothing,
-                                     ignore_index=ignore_index) for l in selected])
-    w = weights[selected].to(device=losses.device, dtype=losses.dtype)
-    per_layer[selected] = losses.detach().float().cpu()
-    return LayerLoss((w * losses).sum(), per_layer, weights)
+    layers, scales = layer_draws(weights, "none", vectors.shape[1])
+    loss, means = draws_cross_entropy(vectors, reader, targets, layers, scales, label_smoothing=label_smoothing,
+                                      ignore_index=ignore_index)
+    per_layer = torch.full((vectors.shape[0],), math.nan)
+    per_layer[layers[:, 0] - 1] = means
+    return LayerLoss(loss, per_layer, weights)
 
 
 def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, layers: torch.Tensor,
@@ -281,15 +291,58 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
             hidden, target = zip(*[rows_of(segments[s], reader.pre) for s in members])
             value, totals = segments_cross_entropy(hidden, linear.weight, linear.bias, target, scales[members], count,
                                                    ignore_index=ignore_index, label_smoothing=label_smoothing)
-        else:
+            means[members] = (totals.detach() / count).float().cpu()
+        else:  # logits of the segment's rows, as `layer_loss` forms them
             (s,) = members
             logits, target = rows_of(segments[s], reader)
-            totals = F.cross_entropy(logits, target, reduction="sum", label_smoothing=label_smoothing,
-                                     ignore_index=ignore_index)[None]
-            value = (scales[members].to(totals) * (totals / count)).sum()
+            mean = layer_cross_entropy(logits[None], target, label_smoothing=label_smoothing,
+                                       ignore_index=ignore_index)[0]
+            value = scales[s].to(device=mean.device, dtype=mean.dtype) * mean
+            means[s] = mean.detach().float().cpu()
         values.append(value)
-        means[members] = (totals.detach() / count).float().cpu()
     return (values[0] if len(values) == 1 else torch.stack(values).sum()), means
+
+
+def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: torch.Generator | None = None,
+                step: int = 0, period: int | None = None) -> tuple:
+    """Which layer reads each row, in segments: ``(layers (S, rows) 1-based, scales (S,))`` for
+    `draws_cross_entropy`, an estimator of sum_l weights[l] CE_l (see the module docstring).
+
+    weights: (L,) finite, >= 0, not all 0. sampling: "none" (every layer with a weight: the full loss, exactly),
+    "token", "step" (draws from `generator`, default torch's global one) or "rotation" (from `step`, with
+    `period` R, default L - 1). Layer L is read with its own weight whenever it has one; when the layers
+    below L have no weight, every mode is the full loss.
+    """
+    if sampling not in LAYER_SAMPLING:
+        raise ValueError(f"unknown layer sampling {sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
+    weights = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
+    if weights.dim() != 1 or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) \
+            or not bool((weights > 0).any()):
+        raise ValueError(f"layer weights must be a vector of finite numbers >= 0, not all 0; got {weights.tolist()}")
+    rows = whole_number(rows, "rows", low=1)
+    L = weights.numel()
+    early, rest = weights[:-1], weights[:-1].sum()
+    full = lambda ls: torch.tensor(ls)[:, None].expand(len(ls), rows)  # noqa: E731  (one layer per segment)
+    if sampling == "none" or float(rest) == 0.0:
+        chosen = [l for l in range(1, L + 1) if float(weights[l - 1]) > 0]
+        return full(chosen), weights[[l - 1 for l in chosen]]
+    last = ([full([L])], [weights[-1:]]) if float(weights[-1]) > 0 else ([], [])
+    if sampling == "rotation":
+        period = L - 1 if period is None else whole_number(period, "period", low=1)
+        on = [j for j in range(1, L) if (j - 1 - whole_number(step, "step", low=0)) % period == 0 and early[j - 1] > 0]
+        extra = ([full(on)], [period * early[[j - 1 for j in on]]]) if on else ([], [])
+    else:
+        count = rows if sampling == "token" else 1
+        j = torch.multinomial(early / rest, count, replacement=True, generator=generator) + 1
+        extra = ([j.expand(rows)[None]], [rest[None]])
+    layers, scales = last[0] + extra[0], last[1] + extra[1]
+    return torch.cat(layers), torch.cat(scales)
+
+
+def draw_seed(seed: int, step: int, micro: int = 0) -> int:
+    """The seed of the layer draws of (run seed, optimizer step, micro-batch): their own stream (4), apart from
+    the training loop's data order, augmentation and dropout."""
+    return int(np.random.SeedSequence([int(seed), 4, int(step), int(micro)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # ---- objectives on adapters ----------------------------------------------------------------------------
@@ -318,6 +371,10 @@ class LayerwiseObjective(nn.Module):
         """What reads every layer: the model's own last-layer classifier (``adapter.reader``)."""
         return adapter.reader
 
+    def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
+        """Where the random draws of the next call come from (run seed, optimizer step, micro-batch); the
+        training loop says so before every micro-batch. Objectives that draw nothing ignore it."""
+
     def forward(self, adapter, hidden, labels) -> LayerLoss:
         if adapter.num_layers != self.num_layers:
             raise ValueError(f"this {self.name} objective was built for {self.num_layers} layers, the model has "
@@ -339,13 +396,47 @@ class StandardLoss(LayerwiseObjective):
 
 class AlignedLoss(LayerwiseObjective):
     """The model's own last-layer classifier (with its final norm) on every layer, weighted by `scheme`
-    (default lambda_l = 2l / (L(L+1)); see `aligned_weights`)."""
+    (default lambda_l = 2l / (L(L+1)); see `aligned_weights`).
+
+    layer_sampling: "none" (every layer) or an estimator that reads layer L and one more layer per token
+    ("token"), per step ("step") or in turn ("rotation"; see the module docstring and `layer_draws`). The
+    draws of a call come from ``set_draw(seed, step, micro)`` (the training loop: the same draws on a resumed
+    run); without it, from (`seed`, the number of calls so far, 0). "step" and "rotation" depend on the step
+    only, so every micro-batch and process of a step reads the same layer. ``per_layer`` of the result holds
+    the layers read in full (layer L; the step's layer), NaN for the others.
+    """
 
     name = "aligned"
 
     def __init__(self, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "linear", *,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, layer_sampling: str = "none", seed: int = 0):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
+        if layer_sampling not in LAYER_SAMPLING:
+            raise ValueError(f"unknown layer sampling {layer_sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
+        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed")
+        self._draw, self._calls = None, 0
+
+    def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
+        self._draw = (seed, step, micro)
+
+    def forward(self, adapter, hidden, labels) -> LayerLoss:
+        if self.layer_sampling == "none":
+            return super().forward(adapter, hidden, labels)
+        seed, step, micro = self._draw if self._draw is not None else (self.seed, self._calls, 0)
+        self._draw, self._calls = None, self._calls + 1
+        if adapter.num_layers != self.num_layers:
+            raise ValueError(f"this aligned objective was built for {self.num_layers} layers, the model has "
+                             f"{adapter.num_layers}")
+        vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden, labels)
+        generator = torch.Generator().manual_seed(draw_seed(seed, step, micro if self.layer_sampling == "token" else 0))
+        layers, scales = layer_draws(self.weights, self.layer_sampling, vectors.shape[1], generator=generator, step=step)
+        loss, means = draws_cross_entropy(vectors, adapter.reader, targets, layers, scales,
+                                          label_smoothing=self.label_smoothing)
+        per_layer = torch.full((self.num_layers,), math.nan)
+        for row, mean in zip(layers, means):
+            if bool((row == row[0]).all()):
+                per_layer[int(row[0]) - 1] = mean
+        return LayerLoss(loss, per_layer, self.weights.cpu())
 
 
 class MultiExitLoss(LayerwiseObjective):
@@ -368,20 +459,25 @@ class MultiExitLoss(LayerwiseObjective):
 
 
 def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[float], None] = None,
-                   heads: nn.Module | None = None, label_smoothing: float = 0.0) -> LayerwiseObjective:
+                   heads: nn.Module | None = None, label_smoothing: float = 0.0, layer_sampling: str = "none",
+                   seed: int = 0) -> LayerwiseObjective:
     """The objective named `objective` ("standard" | "aligned" | "multi_exit") for `adapter`.
 
     weights: the layer weights (see `aligned_weights`; default linear for aligned, uniform for multi_exit).
     heads: the exit heads of a multi-exit model (default ``ExitHeads.for_adapter(adapter)``: fresh heads,
-    or for our ViT built with ``multi_exit=True`` its own).
+    or for our ViT built with ``multi_exit=True`` its own). layer_sampling, seed: the aligned objective's
+    estimator (see `AlignedLoss`); only "none" for the others.
     """
     check_objective(objective)
+    if layer_sampling != "none" and objective != "aligned":
+        raise ValueError(f"layer_sampling={layer_sampling!r} estimates the aligned loss; objective {objective!r} "
+                         "takes layer_sampling='none'")
     L = adapter.num_layers
     w = objective_weights(objective, L, weights)
     if objective == "standard":
         return StandardLoss(L, label_smoothing=label_smoothing)
     if objective == "aligned":
-        return AlignedLoss(L, w, label_smoothing=label_smoothing)
+        return AlignedLoss(L, w, label_smoothing=label_smoothing, layer_sampling=layer_sampling, seed=seed)
     if heads is None:
         from .models import ExitHeads
 
