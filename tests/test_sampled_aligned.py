@@ -84,9 +84,9 @@ def test_step_sampling_is_unbiased_and_rotation_is_exact_over_a_cycle_only(fused
     full = loss_and_grads(adapter, hidden, lambda: readout_cross_entropy(vectors, adapter.reader, targets, w).loss)
     q = (w[:-1] / w[:-1].sum()).tolist()
     n = targets.shape[0]
+    scales = torch.tensor([float(w[-1]), 1 - float(w[-1])])
     step = [loss_and_grads(adapter, hidden, lambda: draws_cross_entropy(
-        vectors, adapter.reader, targets, torch.tensor([[L] * n, [j] * n]), torch.tensor([float(w[-1]), 1 - float(w[-1])]))[0])
-        for j in range(1, L)]
+        vectors, adapter.reader, targets, torch.tensor([[L] * n, [j] * n]), scales)[0]) for j in range(1, L)]
     expected = sum(p * value for p, (value, _) in zip(q, step))
     assert torch.allclose(expected, full[0], atol=1e-8)
     assert torch.allclose(sum(p * g[0] for p, (_, g) in zip(q, step)), full[1][0], atol=1e-8)
@@ -137,7 +137,8 @@ def test_sampled_reduces_to_the_standard_loss_when_all_weight_is_on_the_last_lay
     adapter, hidden = gpt()
     standard = loss_and_grads(adapter, hidden, lambda: StandardLoss(L)(adapter, hidden, None).loss)
     for mode in ("token", "step", "rotation"):
-        sampled = loss_and_grads(adapter, hidden, lambda: AlignedLoss(L, "last", layer_sampling=mode)(adapter, hidden, None).loss)
+        objective = AlignedLoss(L, "last", layer_sampling=mode)
+        sampled = loss_and_grads(adapter, hidden, lambda: objective(adapter, hidden, None).loss)
         assert torch.equal(sampled[0], standard[0]) and all(torch.equal(a, b) for a, b in zip(sampled[1], standard[1]))
 
 
@@ -153,7 +154,8 @@ def test_draws_are_reproducible_from_seed_and_step_and_per_layer_keeps_the_layer
     step = AlignedLoss(L, layer_sampling="step")(adapter, hidden, None)
     assert int(torch.isfinite(step.per_layer).sum()) == 2 and torch.isfinite(step.per_layer[-1])
     again = AlignedLoss(L, layer_sampling="token")  # without set_draw: (seed, call count), reproducible
-    assert torch.equal(again(adapter, hidden, None).loss, AlignedLoss(L, layer_sampling="token")(adapter, hidden, None).loss)
+    other = AlignedLoss(L, layer_sampling="token")
+    assert torch.equal(again(adapter, hidden, None).loss, other(adapter, hidden, None).loss)
 
 
 def _addmm_flops(bias_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):

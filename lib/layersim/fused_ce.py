@@ -148,7 +148,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         (grad_weight, grad_bias, grad_hiddens), ctx.grads = ctx.grads, None  # handed over, not copied
         if not bool(grad_value == 1):  # training's loss.backward(): the saved gradients are the gradients
             scale = lambda g: None if g is None else g * grad_value.to(g.dtype)  # noqa: E731
-            grad_weight, grad_bias, grad_hiddens = scale(grad_weight), scale(grad_bias), [scale(g) for g in grad_hiddens]
+            grad_weight, grad_bias = scale(grad_weight), scale(grad_bias)
+            grad_hiddens = [scale(g) for g in grad_hiddens]
         weight_dtype, bias_dtype = ctx.dtypes
         grad_weight = grad_weight.to(weight_dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias_dtype) if grad_bias is not None else None
@@ -207,4 +208,5 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
     tensors = [*hiddens, *targets]
     need = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in [weight, bias, *hiddens])
     settings = (chunk_rows, ignore_index, float(label_smoothing), need)
-    return _LinearCrossEntropy.apply(weights.to(hiddens[0].device), divisor, weight, bias, settings, *tensors)
+    with torch.autocast(hiddens[0].device.type, enabled=False):  # float32 products under bf16 autocast too
+        return _LinearCrossEntropy.apply(weights.to(hiddens[0].device), divisor, weight, bias, settings, *tensors)

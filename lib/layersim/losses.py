@@ -33,7 +33,9 @@ all weight on the last layer" *is* the standard loss, to the bit).
 Two levels, both usable in any training loop:
 
 - plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), reader, targets,
-  weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`;
+  weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`; the sampled
+  loss as a plan of which layer reads each row (`layer_draws`) and its loss (`draws_cross_entropy`, which
+  `readout_cross_entropy` uses with every layer: the one place where the objectives form logits);
 - objectives on a layersim adapter (our ViT, timm ViT/DeiT, Hugging Face encoders and causal LMs), which
   only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``head_inputs``, ``reader``,
   and for multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
@@ -41,6 +43,7 @@ Two levels, both usable in any training loop:
 >>> hidden = adapter.hidden_states(images)
 >>> out = AlignedLoss(adapter.num_layers)(adapter, hidden, labels)
 >>> out.loss.backward()            # out.per_layer: (L,) each layer's cross-entropy (NaN where w_l = 0)
+>>> sampled = AlignedLoss(adapter.num_layers, layer_sampling="token")   # E[sampled loss] = the aligned loss
 """
 from __future__ import annotations
 
@@ -259,7 +262,8 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
     layers = torch.as_tensor(layers, dtype=torch.long).cpu()
     scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
     if layers.dim() != 2 or layers.shape[1] != n or scales.shape != (layers.shape[0],):
-        raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and {tuple(scales.shape)}")
+        raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and "
+                         f"{tuple(scales.shape)}")
     if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
         raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
     if targets.shape != (n,):
@@ -275,7 +279,7 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
                         [(l, (row == l).nonzero()[:, 0].to(vectors.device)) for l in distinct])
 
     def rows_of(segment, read):
-        parts = [(read(vectors[l - 1] if idx is None else vectors[l - 1, idx], l), targets if idx is None else targets[idx])
+        parts = [(read(vectors[l - 1], l), targets) if idx is None else (read(vectors[l - 1, idx], l), targets[idx])
                  for l, idx in segment]
         return (parts[0] if len(parts) == 1 else (torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])))
 
@@ -429,7 +433,8 @@ class AlignedLoss(LayerwiseObjective):
                              f"{adapter.num_layers}")
         vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden, labels)
         generator = torch.Generator().manual_seed(draw_seed(seed, step, micro if self.layer_sampling == "token" else 0))
-        layers, scales = layer_draws(self.weights, self.layer_sampling, vectors.shape[1], generator=generator, step=step)
+        layers, scales = layer_draws(self.weights, self.layer_sampling, vectors.shape[1], generator=generator,
+                                     step=step)
         loss, means = draws_cross_entropy(vectors, adapter.reader, targets, layers, scales,
                                           label_smoothing=self.label_smoothing)
         per_layer = torch.full((self.num_layers,), math.nan)
