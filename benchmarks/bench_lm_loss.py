@@ -1,20 +1,27 @@
 """Aligned training step of a causal LM at GPT-2-small's shape: peak memory and time against a standard step.
 
 GPT-2 small (12 layers, width 768, vocabulary 50,257), random weights, a batch of 4 x 256 tokens, CPU,
-float32. One training step = forward, `layersim.losses` objective, backward, AdamW step. Three variants:
+float32. One training step = forward, `layersim.losses` objective, backward, AdamW step. Four variants:
 
 - standard:        the model's own prediction only (lm_head on layer 12);
-- aligned (fused): lm_head(ln_f(h_l)) on all 12 layers through `layersim.fused_ce` (the library's path);
-- aligned (naive): the same loss with the full (tokens, V) logits of every layer kept for backward.
+- aligned (fused): lm_head(ln_f(h_l)) on all 12 layers through `layersim.fused_ce` (the library's path: one
+                   call for all layers, gradients formed in the forward pass);
+- aligned (naive): the same loss with the full (tokens, V) logits of every layer kept for backward;
+- aligned (sampled per token): layer 12 plus one layer per token drawn from the aligned weights
+                   (``layer_sampling="token"``, an unbiased estimator of the aligned loss), fused.
 
 Every variant runs in a fresh child process (this script with --child), so that its peak resident
 memory (VmHWM, reset through /proc/self/clear_refs after the model, optimizer state and batch exist) is
 its own; peak memory is reported whole and above that baseline (weights, gradients, AdamW state). Time is the median of `--repeats` steps after a
-warm-up step, and the time ratio aligned / standard is compared with the ratio predicted by counting
-the multiply-adds: the model's FLOPs are counted by FlopCounterMode on one standard step, and the
-aligned step adds 11 more readouts (forward 2NdV, fused backward 6NdV: it recomputes the logits).
+warm-up step, and the time ratio against the standard step is compared with the ratio predicted by counting
+the multiply-adds: the model's FLOPs are counted by FlopCounterMode on one standard step (with the fused
+head's in-place weight-gradient products, which FlopCounterMode leaves out), and each extra readout of N
+rows costs 3 x 2 N d V (logits, gradient of the rows, gradient of the weight) in both the fused and the
+naive loss: 11 extra readouts for aligned, 1 for the sampled loss. The load average before each variant is
+recorded; --rounds R interleaves R runs of every variant and reports the median of each round's ratios to
+its own standard step, in wall-clock and in CPU time (the machine is shared: compare ratios).
 
-    PYTHONPATH=lib .venv/bin/python benchmarks/bench_lm_loss.py [--repeats 3] [--threads 2]
+    PYTHONPATH=lib .venv/bin/python benchmarks/bench_lm_loss.py [--repeats 3] [--threads 2] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ import torch
 
 SHAPE = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 BATCH, SEQ = 4, 256
+VARIANTS = {"standard": ("standard", True), "aligned-fused": ("aligned", True), "aligned-naive": ("aligned", False),
+            "aligned-sampled-token": ("aligned", True, "token")}  # objective, fused, layer sampling
 
 
 def _status(field: str) -> int:
@@ -39,7 +48,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _setup(objective: str, fused: bool):
+def _setup(objective: str, fused: bool, sampling: str = "none"):
     import transformers
 
     from layersim import losses
@@ -52,7 +61,7 @@ def _setup(objective: str, fused: bool):
     adapter = adapt(model)
     if not fused:
         losses.FUSE_ABOVE_ELEMENTS = 2 ** 62  # never fuse: the naive loss
-    objective_fn = losses.make_objective(objective, adapter)
+    objective_fn = losses.make_objective(objective, adapter, layer_sampling=sampling)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -67,26 +76,28 @@ def _setup(objective: str, fused: bool):
     return step
 
 
-def child(variant: str, repeats: int, threads: int) -> dict:
+def child(variant: str, repeats: int, threads: int, flops: bool) -> dict:
     torch.set_num_threads(threads)
-    objective, fused = {"standard": ("standard", True), "aligned-fused": ("aligned", True),
-                        "aligned-naive": ("aligned", False)}[variant]
-    step = _setup(objective, fused)
+    step = _setup(*VARIANTS[variant])
     step()  # warm-up: optimizer state and gradient buffers now exist
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
     base = _status("VmRSS")
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     peak = _status("VmHWM")
     result = {"variant": variant, "peak_mb": peak / 2 ** 20, "peak_above_baseline_mb": (peak - base) / 2 ** 20,
-              "baseline_mb": base / 2 ** 20, "step_s": statistics.median(times)}
-    if variant == "standard":
+              "baseline_mb": base / 2 ** 20, "step_s": statistics.median(times), "cpu_s": statistics.median(cpu)}
+    if variant == "standard" and flops:
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
+        def addmm_(bias, a, b, *args, out_shape=None, **kwargs):  # in-place addmm_: not counted by default
+            return 2 * a[0] * a[1] * b[1]
+
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_}) as counter:
             step()
         result["step_flops"] = counter.get_total_flops()
     return result
@@ -96,33 +107,50 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="run every variant this many times, interleaved; "
+                        "ratios are the median over rounds of each round's ratio to its own standard step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.repeats, args.threads)))
+        print(json.dumps(child(args.child, args.repeats, args.threads, args.flops)))
         return 0
-    results = {}
-    for variant in ("standard", "aligned-fused", "aligned-naive"):
-        done = subprocess.run([sys.executable, __file__, "--child", variant, "--repeats", str(args.repeats),
-                               "--threads", str(args.threads)], capture_output=True, text=True)
-        if done.returncode:
-            print(done.stderr[-2000:], file=sys.stderr)
-            return 1
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(variant, results[variant], flush=True)
+    rounds = []
+    for r in range(args.rounds):
+        results = {}
+        for variant in VARIANTS:
+            load = Path("/proc/loadavg").read_text().split()[:3]
+            done = subprocess.run([sys.executable, __file__, "--child", variant, "--repeats", str(args.repeats),
+                                   "--threads", str(args.threads)] + (["--flops"] if r == 0 else []),
+                                  capture_output=True, text=True)
+            if done.returncode:
+                print(done.stderr[-2000:], file=sys.stderr)
+                return 1
+            results[variant] = {**json.loads(done.stdout.strip().splitlines()[-1]), "load": load}
+            print(f"round {r + 1}", variant, results[variant], flush=True)
+        rounds.append(results)
+    results = {v: {**rounds[0][v], **{k: statistics.median(rr[v][k] / rr["standard"][k] for rr in rounds)
+                                      for k in ("step_s", "cpu_s")}} for v in VARIANTS}  # ratios
+    absolute = {v: {k: statistics.median(rr[v][k] for rr in rounds) for k in ("step_s", "cpu_s")} for v in VARIANTS}
     tokens, d, V, L = BATCH * SEQ, SHAPE["n_embd"], SHAPE["vocab_size"], SHAPE["n_layer"]
-    readout = 2 * tokens * d * V  # one forward readout; the fused backward costs 3 of these
+    readout = 3 * 2 * tokens * d * V  # one readout with its gradients (fused or naive alike)
     standard_flops = results["standard"]["step_flops"]
-    predicted = (standard_flops + (L - 1) * 4 * readout) / standard_flops
+    predicted = {"aligned": (standard_flops + (L - 1) * readout) / standard_flops,
+                 "sampled": (standard_flops + readout) / standard_flops}
     std = results["standard"]
-    print("\n| variant | peak memory (MB) | ratio | above baseline (MB) | ratio | step time (s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{args.rounds} round(s) x {args.repeats} step(s) per variant; times: median over rounds; ratios: median "
+          "over rounds of the ratio to the same round's standard step")
+    print("\n| variant | peak memory (MB) | ratio | above baseline (MB) | ratio | step time (s) | ratio | CPU time (s) "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['peak_mb']:.0f} | {r['peak_mb'] / std['peak_mb']:.2f} "
               f"| {r['peak_above_baseline_mb']:.0f} | {r['peak_above_baseline_mb'] / std['peak_above_baseline_mb']:.2f} "
-              f"| {r['step_s']:.2f} | {r['step_s'] / std['step_s']:.2f} |")
-    print(f"\nstandard step: {standard_flops / 1e9:.0f} GFLOP counted; predicted aligned/standard time ratio "
-          f"from FLOPs: {predicted:.2f}")
+              f"| {absolute[name]['step_s']:.2f} | {r['step_s']:.2f} | {absolute[name]['cpu_s']:.2f} | {r['cpu_s']:.2f} |")
+    fused_naive = statistics.median(rr["aligned-fused"]["step_s"] / rr["aligned-naive"]["step_s"] for rr in rounds)
+    print(f"\nstandard step: {standard_flops / 1e9:.0f} GFLOP counted; time ratios predicted from FLOPs: aligned "
+          f"{predicted['aligned']:.2f}, sampled {predicted['sampled']:.2f}; fused / naive aligned step time: "
+          f"{fused_naive:.2f}")
     return 0
 
 

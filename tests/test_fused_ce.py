@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layersim.fused_ce import linear_cross_entropy
+from torch.utils.flop_counter import FlopCounterMode
+
+from layersim.fused_ce import linear_cross_entropy, segments_cross_entropy
 
 
 def _data(n=37, d=8, V=53, seed=0, dtype=torch.float64, bias=True, ignore=True):
@@ -94,3 +96,62 @@ def test_an_ignored_row_holding_nan_is_ignored_as_f_cross_entropy_ignores_it():
     reference.backward()
     assert torch.isfinite(h_fused.grad).all() and torch.equal(h_fused.grad[~valid], torch.zeros(2, 8))
     assert torch.allclose(h_fused.grad[valid], h_ref.grad[valid], atol=1e-6)
+
+
+def _addmm_flops(bias_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def _flops(fn):
+    """Multiply-add FLOPs of fn(), counting the in-place addmm_ that FlopCounterMode leaves out."""
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops}) as counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+def test_gradients_are_formed_in_the_forward_pass_logits_once():
+    """Liger-style: with gradients, the forward pays 3 N d V multiply-adds (logits, grad of hidden, grad of weight)
+    and backward none; without gradients the forward pays N d V only."""
+    n, d, V = 40, 16, 300
+    h, w, _, t = _data(n=n, d=d, V=V, dtype=torch.float32, bias=False, ignore=False)
+    forward, loss = _flops(lambda: linear_cross_entropy(h, w, None, t, chunk_rows=7))
+    backward, _ = _flops(lambda: loss.backward())
+    with torch.no_grad():
+        evaluation, _ = _flops(lambda: linear_cross_entropy(h, w, None, t, chunk_rows=7))
+    assert (forward, backward, evaluation) == (3 * 2 * n * d * V, 0, 2 * n * d * V)
+    hidden_only, _ = _flops(lambda: linear_cross_entropy(h, w.detach(), None, t))  # no weight gradient wanted
+    assert hidden_only == 2 * 2 * n * d * V
+
+
+def test_segments_equal_separate_weighted_losses_and_keep_one_weight_gradient():
+    """Three layers read by one shared weight in one call, each with its own loss weight: value, per-segment totals
+    and gradients equal the weighted sum of plain F.cross_entropy losses."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(29, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(29, generator=g, dtype=torch.float64, requires_grad=True)
+    hs = [torch.randn(n, 6, generator=g, dtype=torch.float64, requires_grad=True) for n in (11, 5, 11)]
+    ts = [torch.randint(0, 29, (h.shape[0],), generator=g) for h in hs]
+    ts[2][3] = -100
+    scales = torch.tensor([0.2, 0.5, 1.3])
+    loss, totals = segments_cross_entropy(hs, w, b, ts, scales, 10, chunk_rows=4, label_smoothing=0.05)
+    sums = [F.cross_entropy(F.linear(h, w, b), t, reduction="sum", label_smoothing=0.05) for h, t in zip(hs, ts)]
+    expected = sum(s * x / 10 for s, x in zip(scales.tolist(), sums))
+    assert torch.allclose(loss, expected, atol=1e-12) and not totals.requires_grad
+    assert torch.allclose(totals, torch.stack(sums).detach(), atol=1e-12)
+    got = torch.autograd.grad(2.5 * loss, [w, b, *hs])
+    want = torch.autograd.grad(2.5 * expected, [w, b, *hs])
+    for a, e in zip(got, want):
+        assert torch.allclose(a, e, atol=1e-12)
+
+
+def test_differentiating_twice_is_a_clear_error_and_segment_weights_are_checked():
+    h, w, b, t = _data()
+    loss = linear_cross_entropy(h, w, b, t)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        loss.backward()
+    for bad in ([0.5], [1.0, float("nan")], [1.0, -1.0]):
+        with pytest.raises(ValueError, match="2 finite, non-negative segment weights"):
+            segments_cross_entropy([h, h], w, b, [t, t], torch.tensor(bad), 1)
+    with pytest.raises(ValueError, match="one targets tensor per hidden"):
+        segments_cross_entropy([h, h], w, b, [t], torch.ones(2), 1)

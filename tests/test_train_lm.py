@@ -187,3 +187,22 @@ def test_english_corpus_recipe_code_path(tmp_path):
     assert run.adapter.num_classes == 2048 and run.adapter.num_layers == 4
     assert run.info["source"] == "english-corpus" and run.log[-1]["n_test"] == 4 * 127
     assert len(run.log[-1]["exit_acc"]) == 4
+
+
+def test_sampled_aligned_training_is_deterministic_and_a_resumed_run_replays_its_draws(tmp_path, text_file):
+    """layer_sampling token draws from (seed, step, micro-batch): a run resumed from a mid-run checkpoint ends with
+    the same weights as the run trained straight through, and the draws do change the weights (not the full loss)."""
+    cfg = tiny(text_file, gpt_depth=3, epochs=1, max_steps=6, checkpoint_every=3, layer_sampling="token")
+    reference = T.train(cfg, tmp_path / "reference")
+    out = tmp_path / "resumed"
+    T.train(cfg, out)
+    (out / "model.pt").unlink()  # back to the checkpoint of step 3, as if killed after it
+    (out / "checkpoint.prev.pt").replace(out / "checkpoint.pt")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["global_step"] == 3
+    resumed = T.train(cfg, out)
+    assert resumed.trained
+    for (k, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    full = T.train({**cfg, "layer_sampling": "none"}, tmp_path / "full")
+    assert not torch.equal(full.model.state_dict()["lm_head.weight"], reference.model.state_dict()["lm_head.weight"])
+    assert set(reference.log[-1]) == set(full.log[-1])  # the same log keys

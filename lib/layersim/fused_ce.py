@@ -1,14 +1,15 @@
 """A linear layer fused with cross-entropy, computed in chunks of rows, so that a large vocabulary never
 materialises the full (tokens, V) logits (in the spirit of Liger-Kernel's and Cut Cross-Entropy's fused
-linear cross-entropy, in plain PyTorch: the forward keeps only the loss, the backward recomputes each
-chunk's logits).
+linear cross-entropy, in plain PyTorch). As Liger-Kernel does, the gradients are formed during the forward
+pass, from the one time each chunk's logits exist: 3 N d V multiply-adds, as for the naive loss.
 
 The aligned loss of a language model applies the LM head to every layer: done naively it holds
 (L, tokens, V) logits and their gradients -- gigabytes at GPT-2's shape (12 x 1,024 x 50,257 floats is
 2.5 GB, twice with gradients). Here each chunk of rows is projected, its loss and the gradient of that
 loss with respect to the chunk's inputs and the weight are formed at once, and the chunk's logits are
-freed before the next one: peak memory grows with one chunk of logits, not with tokens x V (and never
-with L, since the layers are processed one after another).
+freed before the next one: peak memory grows with one chunk of logits, not with tokens x V. All layers
+read by one shared head go through one call (`segments_cross_entropy`, one segment per layer), so that one
+weight-sized gradient is kept, not one per layer.
 
 >>> loss = linear_cross_entropy(h, lm_head.weight, None, targets)          # mean over non-ignored rows
 >>> loss.backward()                                                        # grads of h and the weight
@@ -17,7 +18,7 @@ Shapes: h (N, d) inputs of the linear layer (already normed where the model norm
 bias (V,) or None; targets (N,) int64 in [0, V) or `ignore_index`.
 Numerics: logits, log-sum-exp and gradients are computed in float32 (float64 for float64 inputs) whatever
 the input dtype (bf16 training keeps float32 accuracy for the loss); gradients come back in the inputs'
-dtypes.
+dtypes. Under ``torch.no_grad()`` (evaluation) or for inputs that need no gradient, none is formed.
 """
 from __future__ import annotations
 
@@ -70,57 +71,89 @@ def _chunk_terms(h, t, w, b, ignore_index: int, label_smoothing: float):
     return logits, lse, valid, safe_t, (lse - picked) * valid
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum over rows of CE(hidden @ weight.T + bias, targets).
+def _logit_grad(logits, lse, valid, safe_t, label_smoothing: float, scale):
+    """d loss / d logits of one chunk, times `scale`: softmax - target distribution, zero for ignored rows
+    (in the logits' memory)."""
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
+    if label_smoothing:
+        grad -= label_smoothing / grad.shape[1]
+    grad *= valid[:, None] * scale
+    return grad
 
-    Forward keeps only the loss; backward recomputes each chunk's logits and forms the chunk's gradients
-    (as Cut Cross-Entropy does): what is saved between the two is the inputs themselves, so calling it for
-    L layers with one shared weight never holds L weight-sized gradients or L x tokens x V logits.
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_g weights[g] * total_g / divisor, total_g = sum over the rows of segment g of
+    CE(hidden_g @ weight.T + bias, targets_g); also returns the (G,) totals (no gradient).
+
+    As Liger-Kernel's fused linear cross-entropy: when gradients are needed, each chunk's logits are formed
+    once, in the forward pass, and turned at once into the chunk's gradients with respect to its rows, the
+    weight and the bias (scaled by the segment's weight / divisor, before the products, as autograd would);
+    what is saved for backward is those gradients (hidden-sized and weight-sized), and backward only scales
+    them by the upstream gradient (a no-op when it is 1, as in training). One call reads any number of
+    segments (layers) with one shared weight: one weight-sized gradient, never one per layer. The segments'
+    weight gradients are summed from the last segment to the first (each chunk by chunk), the order in
+    which autograd sums the gradients of separate calls, so that one call gives the same bits as one call
+    per layer did.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, ignore_index: int, label_smoothing: float):
-        dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+    def forward(ctx, weights, divisor, weight, bias, settings, *segments):
+        chunk_rows, ignore_index, label_smoothing, need = settings
+        G = len(segments) // 2
+        hiddens, targets = segments[:G], segments[G:]
+        dtype = torch.promote_types(torch.promote_types(hiddens[0].dtype, weight.dtype), torch.float32)
         w, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
-        total = torch.zeros((), dtype=dtype, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            h, t = _rows(hidden, targets, rows, dtype, ignore_index)
-            total += _chunk_terms(h, t, w, b, ignore_index, label_smoothing)[4].sum()
-        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets)
-        ctx.has_bias, ctx.settings = bias is not None, (chunk_rows, ignore_index, label_smoothing, dtype)
-        return total
+        scales = weights.to(dtype) / divisor
+        need_h = [need and ctx.needs_input_grad[5 + g] for g in range(G)]
+        need_w, need_b = need and ctx.needs_input_grad[2], need and bias is not None and ctx.needs_input_grad[3]
+        totals, grad_hiddens = [None] * G, [None] * G
+        grad_weight = grad_bias = None
+        for g in reversed(range(G)):
+            hidden = hiddens[g]
+            total = torch.zeros((), dtype=dtype, device=hidden.device)
+            gw = torch.zeros_like(w) if need_w else None
+            gb = torch.zeros_like(b) if need_b else None
+            gh = torch.empty_like(hidden) if need_h[g] else None
+            for start in range(0, hidden.shape[0], chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                h, t = _rows(hidden, targets[g], rows, dtype, ignore_index)
+                logits, lse, valid, safe_t, losses = _chunk_terms(h, t, w, b, ignore_index, label_smoothing)
+                total += losses.sum()
+                if gh is None and gw is None and gb is None:
+                    continue
+                grad = _logit_grad(logits, lse, valid, safe_t, label_smoothing, scales[g])
+                if gh is not None:
+                    gh[rows] = (grad @ w).to(hidden.dtype)
+                if gw is not None:
+                    gw.addmm_(grad.T, h)
+                if gb is not None:
+                    gb += grad.sum(0)
+                del logits, grad
+            totals[g], grad_hiddens[g] = total, gh
+            grad_weight = gw if grad_weight is None else grad_weight.add_(gw)
+            grad_bias = gb if grad_bias is None else grad_bias.add_(gb)
+        totals = torch.stack(totals)
+        value = (weights.to(dtype) * (totals / divisor)).sum()
+        ctx.G, ctx.dtypes = G, (weight.dtype, bias.dtype if bias is not None else None)
+        ctx.grads = (grad_weight, grad_bias, grad_hiddens)
+        ctx.mark_non_differentiable(totals)
+        return value, totals
 
     @staticmethod
-    def backward(ctx, grad_output):
-        hidden, weight, bias, targets = ctx.saved_tensors
-        bias = bias if ctx.has_bias else None
-        chunk_rows, ignore_index, label_smoothing, dtype = ctx.settings
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        w, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
-        scale = grad_output.to(dtype)
-        grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros_like(w) if need_w else None
-        grad_bias = torch.zeros_like(b) if (need_b and b is not None) else None
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            h, t = _rows(hidden, targets, rows, dtype, ignore_index)
-            logits, lse, valid, safe_t, _ = _chunk_terms(h, t, w, b, ignore_index, label_smoothing)
-            # d loss / d logits = softmax - target distribution, zero for ignored rows (in the logits' memory)
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad[torch.arange(grad.shape[0], device=grad.device), safe_t] -= 1.0 - label_smoothing
-            if label_smoothing:
-                grad -= label_smoothing / grad.shape[1]
-            grad *= valid[:, None] * scale
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad @ w).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.T, h)
-            if grad_bias is not None:
-                grad_bias += grad.sum(0)
-            del logits, grad
-        return (grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None,
-                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None, None, None)
+    def backward(ctx, grad_value, _grad_totals):
+        if ctx.grads is None:
+            raise RuntimeError("the fused cross-entropy's gradients were formed in its forward pass and have been "
+                               "handed out already: it cannot be differentiated twice (retain_graph)")
+        (grad_weight, grad_bias, grad_hiddens), ctx.grads = ctx.grads, None  # handed over, not copied
+        if not bool(grad_value == 1):  # training's loss.backward(): the saved gradients are the gradients
+            scale = lambda g: None if g is None else g * grad_value.to(g.dtype)  # noqa: E731
+            grad_weight, grad_bias = scale(grad_weight), scale(grad_bias)
+            grad_hiddens = [scale(g) for g in grad_hiddens]
+        weight_dtype, bias_dtype = ctx.dtypes
+        grad_weight = grad_weight.to(weight_dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(bias_dtype) if grad_bias is not None else None
+        return (None, None, grad_weight, grad_bias, None, *grad_hiddens, *([None] * ctx.G))
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -133,19 +166,47 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     target is not `ignore_index` (reduction="mean"), or their sum ("sum"). Equal to
     ``F.cross_entropy(F.linear(hidden, weight, bias), targets, label_smoothing=...)`` (values and gradients)
     up to float rounding. Memory: one chunk of `chunk_rows` x V float32 logits at a time (default: about
-    `CHUNK_ELEMENTS` logits), plus the weight's gradient during backward. The backward recomputes the
-    logits (4 N d V multiply-adds in all, against 3 N d V for the naive loss).
+    `CHUNK_ELEMENTS` logits), plus the gradients of hidden and weight, formed during the forward pass when
+    autograd needs them (3 N d V multiply-adds in all, as the naive loss; N d V without gradients).
     """
-    if chunk_rows is None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        chunk_rows = max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
-    _check(hidden, weight, bias, targets, chunk_rows, ignore_index)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
-    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index, float(label_smoothing))
+    one = torch.ones(1, dtype=torch.float32)
     if reduction == "sum":
-        return total
-    count = (targets != ignore_index).sum()
-    if int(count) == 0:
+        return segments_cross_entropy([hidden], weight, bias, [targets], one, 1, chunk_rows=chunk_rows,
+                                      ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
+    if isinstance(targets, torch.Tensor) and int((targets != ignore_index).sum()) == 0:
         raise ValueError("every target is ignore_index: there is nothing to compute a mean loss over")
-    return total / count
+    count = (targets != ignore_index).sum() if isinstance(targets, torch.Tensor) else 1
+    return segments_cross_entropy([hidden], weight, bias, [targets], one, count, chunk_rows=chunk_rows,
+                                  ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
+
+
+def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | None, targets, weights: torch.Tensor,
+                           divisor, *, chunk_rows: int | None = None, ignore_index: int = IGNORE_INDEX,
+                           label_smoothing: float = 0.0) -> tuple:
+    """Several segments of rows read by one linear layer, each with its own loss weight, in one fused call.
+
+    hiddens: G tensors (n_g, d); targets: G tensors (n_g,); weight (V, d), bias (V,) or None; weights (G,)
+    finite, >= 0; divisor: a positive number or 0-dim integer tensor (the count of non-ignored targets, for a
+    mean). Returns ``(loss, totals)``: loss = sum_g weights[g] * totals[g] / divisor, a scalar with its
+    gradient, and totals (G,) the summed cross-entropy of each segment's rows (no gradient). The aligned loss
+    reads its layers as segments (``layersim.losses``): one weight-sized gradient for all of them.
+    """
+    hiddens, targets = list(hiddens), list(targets)
+    if not hiddens or len(hiddens) != len(targets):
+        raise ValueError(f"expected one targets tensor per hidden tensor (at least one), got {len(hiddens)} "
+                         f"hidden and {len(targets)} targets")
+    if chunk_rows is None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        chunk_rows = max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
+    for h, t in zip(hiddens, targets):
+        _check(h, weight, bias, t, chunk_rows, ignore_index)
+    weights = torch.as_tensor(weights).detach()
+    if weights.shape != (len(hiddens),) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"expected {len(hiddens)} finite, non-negative segment weights, got {weights.tolist()}")
+    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+    tensors = [*hiddens, *targets]
+    need = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in [weight, bias, *hiddens])
+    settings = (chunk_rows, ignore_index, float(label_smoothing), need)
+    with torch.autocast(hiddens[0].device.type, enabled=False):  # float32 products under bf16 autocast too
+        return _LinearCrossEntropy.apply(weights.to(hiddens[0].device), divisor, weight, bias, settings, *tensors)

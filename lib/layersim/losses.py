@@ -11,13 +11,31 @@ pooled representation of layer l (PAPER.md, "Aligned loss" and "Multi-exit basel
 - **multi_exit**: layers 1..L-1 have a freshly initialised head each, layer L the model's own head,
   w_l = 1/L.
 
+**Sampled aligned loss** (``layer_sampling``, `layer_draws`): the aligned loss reads the vocabulary head at
+every layer, which at GPT-2's shape costs several standard steps. An unbiased estimator reads layer L (weight
+w_L) and one more layer per token or per step, drawn from the other layers' weights:
+
+- "token": each row i also reads one layer j_i in 1..L-1 drawn with probability q_j = w_j / W (W = w_1 + ...
+  + w_{L-1}, i.e. 1 - w_L for weights that sum to 1), its cross-entropy weighted W. Then
+  E[loss] = w_L CE_L + W sum_j q_j CE_j = sum_l w_l CE_l, and likewise the gradient (the draws do not depend
+  on the parameters): the aligned loss and its gradient, in expectation, at about one extra head per step.
+- "step": one layer j for every row of the step, drawn as above (the same expectation, more variance).
+- "rotation": LayerSkip's rotational early-exit curriculum (Elhoushi et al. 2024): at step t the early layers
+  j with (j - 1 - t) mod R = 0 are read (R = L - 1 by default: one early layer per step, in turn 1, 2, ...,
+  L-1, 1, ...), each weighted R w_j, beside layer L (w_L). Deterministic, so *not* unbiased at a given step:
+  the mean over any R consecutive steps (at fixed parameters) is the aligned loss exactly. LayerSkip itself
+  rescales the losses of the enabled layers to sum to 1 at every step, which is not the aligned loss even
+  on average; this scaling is the one whose cycle average is.
+
 Layers whose weight is 0 are not read out at all: no logits, no gradient through them (so "aligned with
 all weight on the last layer" *is* the standard loss, to the bit).
 
 Two levels, both usable in any training loop:
 
 - plain functions on tensors, for any model: `readout_cross_entropy(vectors (L, n, d), reader, targets,
-  weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`;
+  weights)`, `layer_cross_entropy(logits (L, n, C), targets)`, `weighted_cross_entropy(...)`; the sampled
+  loss as a plan of which layer reads each row (`layer_draws`) and its loss (`draws_cross_entropy`, which
+  `readout_cross_entropy` uses with every layer: the one place where the objectives form logits);
 - objectives on a layersim adapter (our ViT, timm ViT/DeiT, Hugging Face encoders and causal LMs), which
   only use the adapter interface (``pool``, ``readout_pooling``, ``targets``, ``head_inputs``, ``reader``,
   and for multi-exit an ``ExitHeads``): `StandardLoss`, `AlignedLoss`, `MultiExitLoss`, built by `make_objective`.
@@ -25,6 +43,7 @@ Two levels, both usable in any training loop:
 >>> hidden = adapter.hidden_states(images)
 >>> out = AlignedLoss(adapter.num_layers)(adapter, hidden, labels)
 >>> out.loss.backward()            # out.per_layer: (L,) each layer's cross-entropy (NaN where w_l = 0)
+>>> sampled = AlignedLoss(adapter.num_layers, layer_sampling="token")   # E[sampled loss] = the aligned loss
 """
 from __future__ import annotations
 
@@ -32,12 +51,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .validate import real_number, whole_number
 
 OBJECTIVES = ("standard", "aligned", "multi_exit")
+LAYER_SAMPLING = ("none", "token", "step", "rotation")
 WEIGHT_SCHEMES = ("linear", "uniform", "last")
 
 Reader = Callable[[torch.Tensor, int], torch.Tensor]  # reader(v, layer) -> logits (layersim.models.readers)
@@ -155,14 +176,15 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
                label_smoothing: float = 0.0, ignore_index: int = -100, fused: bool | None = None) -> torch.Tensor:
     """The cross-entropy of `reader` on (n, d) head inputs of 1-based `layer` -> a scalar.
 
-    This is the one place where a loss forms logits. When the reader's last step is one linear layer
-    (``reader.linear(layer)``: our ViT, timm, causal LMs) and the logits would be large (`FUSE_ABOVE_ELEMENTS`;
-    or ``fused=True``), the loss is a fused, chunked linear + cross-entropy (`layersim.fused_ce`): peak memory
-    holds one chunk of logits, not n x C. Both paths give the same values and gradients up to float rounding.
+    When the reader's last step is one linear layer (``reader.linear(layer)``: our ViT, timm, causal LMs) and
+    the logits would be large (`FUSE_ABOVE_ELEMENTS`; or ``fused=True``), the loss is a fused, chunked linear +
+    cross-entropy (`layersim.fused_ce`): peak memory holds one chunk of logits, not n x C. Both paths give the
+    same values and gradients up to float rounding. (The objectives read many layers at once:
+    `draws_cross_entropy`.)
     """
     linear = reader.linear(layer) if hasattr(reader, "linear") else None
     if fused is None:
-        fused = linear is not None and vectors.shape[0] * linear.out_features > FUSE_ABOVE_ELEMENTS
+        fused = _fused_linear(reader, [layer], vectors.shape[0]) is not None
     if not fused:
         return layer_cross_entropy(reader(vectors, layer)[None], targets, label_smoothing=label_smoothing,
                                    ignore_index=ignore_index)[0]
@@ -174,16 +196,7 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
                                 ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
-def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, weights: torch.Tensor, *,
-                          label_smoothing: float = 0.0, ignore_index: int = -100) -> LayerLoss:
-    """The layer-wise objective on head inputs: sum_l weights[l] * CE(reader(vectors[l], l), targets).
-
-    vectors: (L, n, d) one vector per sample and layer (layer-first; ``adapter.head_inputs(hidden)``).
-    reader: ``reader(v, layer) -> logits`` for 1-based layers (``adapter.reader``, the shared last-layer
-      classifier: aligned / standard; an `ExitHeads`: multi-exit; or any callable of that form).
-    targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
-    Returns a `LayerLoss`.
-    """
+def _check_readout(vectors: torch.Tensor, reader, weights) -> torch.Tensor:
     if vectors.dim() < 3:
         raise ValueError(f"expected vectors of shape (layers, samples, width), got {tuple(vectors.shape)}")
     if not callable(reader):
@@ -192,15 +205,148 @@ def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.
     weights = torch.as_tensor(weights, dtype=torch.float32)
     if weights.shape != (L,):
         raise ValueError(f"expected {L} layer weights for vectors of {L} layers, got shape {tuple(weights.shape)}")
-    selected = [l for l in range(L) if float(weights[l]) != 0.0]
-    if not selected:
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"layer weights must be finite and >= 0, got {weights.tolist()}")
+    if not bool((weights != 0).any()):
         raise ValueError("every layer weight is 0: nothing to train")
-    per_layer = torch.full((L,), math.nan)
-    losses = torch.stack([layer_loss(vectors[l], reader, l + 1, targets, label_smoothing=label_smoothing,
-                                     ignore_index=ignore_index) for l in selected])
-    w = weights[selected].to(device=losses.device, dtype=losses.dtype)
-    per_layer[selected] = losses.detach().float().cpu()
-    return LayerLoss((w * losses).sum(), per_layer, weights)
+    return weights
+
+
+def _fused_linear(reader, layers, rows: int):
+    """The one linear layer that ends the reader at every layer of `layers` when the loss is to be fused
+    (logits of `rows` rows above `FUSE_ABOVE_ELEMENTS`), else None."""
+    if not hasattr(reader, "linear"):
+        return None
+    linears = {id(reader.linear(layer)): reader.linear(layer) for layer in layers}
+    linear = next(iter(linears.values()))
+    if len(linears) != 1 or linear is None or rows * linear.out_features <= FUSE_ABOVE_ELEMENTS:
+        return None
+    return linear
+
+
+def readout_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, weights: torch.Tensor, *,
+                          label_smoothing: float = 0.0, ignore_index: int = -100) -> LayerLoss:
+    """The layer-wise objective on head inputs: sum_l weights[l] * CE(reader(vectors[l], l), targets).
+
+    vectors: (L, n, d) one vector per sample and layer (layer-first; ``adapter.head_inputs(hidden)``).
+    reader: ``reader(v, layer) -> logits`` for 1-based layers (``adapter.reader``, the shared last-layer
+      classifier: aligned / standard; an `ExitHeads`: multi-exit; or any callable of that form).
+    targets: (n,) class indices. weights: (L,) (see `aligned_weights`); layers with weight 0 are skipped.
+    Returns a `LayerLoss`. Large logits (a vocabulary) go through the fused loss (`draws_cross_entropy`):
+    the layers one reader reads with one linear layer in one call.
+    """
+    weights = _check_readout(vectors, reader, weights)
+    layers, scales = layer_draws(weights, "none", vectors.shape[1])
+    loss, means = draws_cross_entropy(vectors, reader, targets, layers, scales, label_smoothing=label_smoothing,
+                                      ignore_index=ignore_index)
+    per_layer = torch.full((vectors.shape[0],), math.nan)
+    per_layer[layers[:, 0] - 1] = means
+    return LayerLoss(loss, per_layer, weights)
+
+
+def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Tensor, layers: torch.Tensor,
+                        scales: torch.Tensor, *, label_smoothing: float = 0.0, ignore_index: int = -100) -> tuple:
+    """The loss of S segments, each reading every sample at a layer of its own (a plan of `layer_draws`):
+
+        loss = sum_s scales[s] * (1 / n') * sum_i CE(reader(vectors[layers[s, i] - 1, i], layers[s, i]), targets[i])
+
+    vectors (L, n, d), targets (n,), layers (S, n) 1-based, scales (S,) >= 0; n' the count of targets that
+    are not `ignore_index`. Returns ``(loss, means)``: loss a scalar with its graph, means (S,) the detached
+    mean cross-entropy of each segment. The rows of a segment are read layer by layer (``reader.pre(v, l)``:
+    each layer its own steps before the head's linear layer, e.g. no final norm below L) and, when the loss
+    is fused (a vocabulary), all segments read by one linear layer go through one `segments_cross_entropy`
+    call: one pass of the head over the rows, one weight-sized gradient. Otherwise logits are formed per
+    segment. A reader with another linear layer per layer (`ExitHeads`) makes one call per linear layer.
+    """
+    L, n = vectors.shape[:2]
+    layers = torch.as_tensor(layers, dtype=torch.long).cpu()
+    scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+    if layers.dim() != 2 or layers.shape[1] != n or scales.shape != (layers.shape[0],):
+        raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and "
+                         f"{tuple(scales.shape)}")
+    if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
+        raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
+    if targets.shape != (n,):
+        raise ValueError(f"expected targets of shape ({n},) for {n} samples, got {tuple(targets.shape)}")
+    label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+    count = (targets != ignore_index).sum()
+    if int(count) == 0:
+        raise ValueError("every target equals ignore_index: nothing to train on")
+    segments = []  # per segment: [(layer, rows or None for all)]
+    for row in layers:
+        distinct = torch.unique(row).tolist()
+        segments.append([(distinct[0], None)] if len(distinct) == 1 else
+                        [(l, (row == l).nonzero()[:, 0].to(vectors.device)) for l in distinct])
+
+    def rows_of(segment, read):
+        parts = [(read(vectors[l - 1], l), targets) if idx is None else (read(vectors[l - 1, idx], l), targets[idx])
+                 for l, idx in segment]
+        return (parts[0] if len(parts) == 1 else (torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])))
+
+    groups: dict = {}  # segments read by one fused linear layer, by that layer
+    for s, segment in enumerate(segments):
+        linear = _fused_linear(reader, [l for l, _ in segment], n)
+        groups.setdefault(id(linear) if linear is not None else ("own", s), (linear, []))[1].append(s)
+    values, means = [], torch.full((len(segments),), math.nan)
+    from .fused_ce import segments_cross_entropy
+
+    for linear, members in groups.values():
+        if linear is not None:
+            hidden, target = zip(*[rows_of(segments[s], reader.pre) for s in members])
+            value, totals = segments_cross_entropy(hidden, linear.weight, linear.bias, target, scales[members], count,
+                                                   ignore_index=ignore_index, label_smoothing=label_smoothing)
+            means[members] = (totals.detach() / count).float().cpu()
+        else:  # logits of the segment's rows, as `layer_loss` forms them
+            (s,) = members
+            logits, target = rows_of(segments[s], reader)
+            mean = layer_cross_entropy(logits[None], target, label_smoothing=label_smoothing,
+                                       ignore_index=ignore_index)[0]
+            value = scales[s].to(device=mean.device, dtype=mean.dtype) * mean
+            means[s] = mean.detach().float().cpu()
+        values.append(value)
+    return (values[0] if len(values) == 1 else torch.stack(values).sum()), means
+
+
+def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: torch.Generator | None = None,
+                step: int = 0, period: int | None = None) -> tuple:
+    """Which layer reads each row, in segments: ``(layers (S, rows) 1-based, scales (S,))`` for
+    `draws_cross_entropy`, an estimator of sum_l weights[l] CE_l (see the module docstring).
+
+    weights: (L,) finite, >= 0, not all 0. sampling: "none" (every layer with a weight: the full loss, exactly),
+    "token", "step" (draws from `generator`, default torch's global one) or "rotation" (from `step`, with
+    `period` R, default L - 1). Layer L is read with its own weight whenever it has one; when the layers
+    below L have no weight, every mode is the full loss.
+    """
+    if sampling not in LAYER_SAMPLING:
+        raise ValueError(f"unknown layer sampling {sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
+    weights = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
+    if weights.dim() != 1 or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) \
+            or not bool((weights > 0).any()):
+        raise ValueError(f"layer weights must be a vector of finite numbers >= 0, not all 0; got {weights.tolist()}")
+    rows = whole_number(rows, "rows", low=1)
+    L = weights.numel()
+    early, rest = weights[:-1], weights[:-1].sum()
+    full = lambda ls: torch.tensor(ls)[:, None].expand(len(ls), rows)  # noqa: E731  (one layer per segment)
+    if sampling == "none" or float(rest) == 0.0:
+        chosen = [l for l in range(1, L + 1) if float(weights[l - 1]) > 0]
+        return full(chosen), weights[[l - 1 for l in chosen]]
+    last = ([full([L])], [weights[-1:]]) if float(weights[-1]) > 0 else ([], [])
+    if sampling == "rotation":
+        period = L - 1 if period is None else whole_number(period, "period", low=1)
+        on = [j for j in range(1, L) if (j - 1 - whole_number(step, "step", low=0)) % period == 0 and early[j - 1] > 0]
+        extra = ([full(on)], [period * early[[j - 1 for j in on]]]) if on else ([], [])
+    else:
+        count = rows if sampling == "token" else 1
+        j = torch.multinomial(early / rest, count, replacement=True, generator=generator) + 1
+        extra = ([j.expand(rows)[None]], [rest[None]])
+    layers, scales = last[0] + extra[0], last[1] + extra[1]
+    return torch.cat(layers), torch.cat(scales)
+
+
+def draw_seed(seed: int, step: int, micro: int = 0) -> int:
+    """The seed of the layer draws of (run seed, optimizer step, micro-batch): their own stream (4), apart from
+    the training loop's data order, augmentation and dropout."""
+    return int(np.random.SeedSequence([int(seed), 4, int(step), int(micro)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # ---- objectives on adapters ----------------------------------------------------------------------------
@@ -229,6 +375,10 @@ class LayerwiseObjective(nn.Module):
         """What reads every layer: the model's own last-layer classifier (``adapter.reader``)."""
         return adapter.reader
 
+    def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
+        """Where the random draws of the next call come from (run seed, optimizer step, micro-batch); the
+        training loop says so before every micro-batch. Objectives that draw nothing ignore it."""
+
     def forward(self, adapter, hidden, labels) -> LayerLoss:
         if adapter.num_layers != self.num_layers:
             raise ValueError(f"this {self.name} objective was built for {self.num_layers} layers, the model has "
@@ -250,13 +400,48 @@ class StandardLoss(LayerwiseObjective):
 
 class AlignedLoss(LayerwiseObjective):
     """The model's own last-layer classifier (with its final norm) on every layer, weighted by `scheme`
-    (default lambda_l = 2l / (L(L+1)); see `aligned_weights`)."""
+    (default lambda_l = 2l / (L(L+1)); see `aligned_weights`).
+
+    layer_sampling: "none" (every layer) or an estimator that reads layer L and one more layer per token
+    ("token"), per step ("step") or in turn ("rotation"; see the module docstring and `layer_draws`). The
+    draws of a call come from ``set_draw(seed, step, micro)`` (the training loop: the same draws on a resumed
+    run); without it, from (`seed`, the number of calls so far, 0). "step" and "rotation" depend on the step
+    only, so every micro-batch and process of a step reads the same layer. ``per_layer`` of the result holds
+    the layers read in full (layer L; the step's layer), NaN for the others.
+    """
 
     name = "aligned"
 
     def __init__(self, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "linear", *,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, layer_sampling: str = "none", seed: int = 0):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
+        if layer_sampling not in LAYER_SAMPLING:
+            raise ValueError(f"unknown layer sampling {layer_sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
+        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed")
+        self._draw, self._calls = None, 0
+
+    def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
+        self._draw = (seed, step, micro)
+
+    def forward(self, adapter, hidden, labels) -> LayerLoss:
+        if self.layer_sampling == "none":
+            return super().forward(adapter, hidden, labels)
+        seed, step, micro = self._draw if self._draw is not None else (self.seed, self._calls, 0)
+        self._draw, self._calls = None, self._calls + 1
+        if adapter.num_layers != self.num_layers:
+            raise ValueError(f"this aligned objective was built for {self.num_layers} layers, the model has "
+                             f"{adapter.num_layers}")
+        vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden, labels)
+        generator = torch.Generator().manual_seed(draw_seed(seed, step, micro if self.layer_sampling == "token" else 0))
+        layers, scales = layer_draws(self.weights, self.layer_sampling, vectors.shape[1], generator=generator,
+                                     step=step)
+        loss, means = draws_cross_entropy(vectors, adapter.reader, targets, layers, scales,
+                                          label_smoothing=self.label_smoothing)
+        per_layer = torch.full((self.num_layers,), math.nan)
+        for row, mean in zip(layers, means):
+            if bool((row == row[0]).all()):
+                per_layer[int(row[0]) - 1] = mean
+        return LayerLoss(loss, per_layer, self.weights.cpu())
 
 
 class MultiExitLoss(LayerwiseObjective):
@@ -279,20 +464,25 @@ class MultiExitLoss(LayerwiseObjective):
 
 
 def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[float], None] = None,
-                   heads: nn.Module | None = None, label_smoothing: float = 0.0) -> LayerwiseObjective:
+                   heads: nn.Module | None = None, label_smoothing: float = 0.0, layer_sampling: str = "none",
+                   seed: int = 0) -> LayerwiseObjective:
     """The objective named `objective` ("standard" | "aligned" | "multi_exit") for `adapter`.
 
     weights: the layer weights (see `aligned_weights`; default linear for aligned, uniform for multi_exit).
     heads: the exit heads of a multi-exit model (default ``ExitHeads.for_adapter(adapter)``: fresh heads,
-    or for our ViT built with ``multi_exit=True`` its own).
+    or for our ViT built with ``multi_exit=True`` its own). layer_sampling, seed: the aligned objective's
+    estimator (see `AlignedLoss`); only "none" for the others.
     """
     check_objective(objective)
+    if layer_sampling != "none" and objective != "aligned":
+        raise ValueError(f"layer_sampling={layer_sampling!r} estimates the aligned loss; objective {objective!r} "
+                         "takes layer_sampling='none'")
     L = adapter.num_layers
     w = objective_weights(objective, L, weights)
     if objective == "standard":
         return StandardLoss(L, label_smoothing=label_smoothing)
     if objective == "aligned":
-        return AlignedLoss(L, w, label_smoothing=label_smoothing)
+        return AlignedLoss(L, w, label_smoothing=label_smoothing, layer_sampling=layer_sampling, seed=seed)
     if heads is None:
         from .models import ExitHeads
 

@@ -5,8 +5,9 @@ plus overrides ``key=value``. Every value is checked against the type of the fie
 wrong types are a `ConfigError` (a ValueError) naming the key and what is allowed.
 
 The *identity* of a run is the config without the keys that cannot change the trained weights
-(`RUNTIME_KEYS`: name, device, checkpoint interval, evaluation batch size, progress bar). Checkpoints,
-the run folder and the notebook cache are keyed by it.
+(`RUNTIME_KEYS`: name, device, checkpoint interval, evaluation batch size, progress bar), and without the
+keys added after runs existed while they hold their default (`DEFAULT_FREE_KEYS`: ``layer_sampling: none``),
+so that those runs keep their identity. Checkpoints, the run folder and the notebook cache are keyed by it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..losses import OBJECTIVES, WEIGHT_SCHEMES
+from ..losses import LAYER_SAMPLING, OBJECTIVES, WEIGHT_SCHEMES
 from ..storage import stable_hash
 from ..validate import real_number, whole_number
 
@@ -76,6 +77,8 @@ class TrainConfig:
     # ---- objective
     objective: str = "standard"   # standard | aligned | multi_exit
     layer_weights: str = ""       # "" (objective's default) | linear | uniform | last | comma-separated numbers
+    layer_sampling: str = "none"  # aligned only: none (every layer) | token | step | rotation: layer L plus one
+    #                               sampled layer per token / per step, or in turn (layersim.losses.layer_draws)
     label_smoothing: float = 0.0
     # ---- optimisation
     epochs: int = 3
@@ -103,6 +106,7 @@ class TrainConfig:
 
 
 RUNTIME_KEYS = ("name", "device", "checkpoint_every", "eval_batch_size", "progress")
+DEFAULT_FREE_KEYS = {"layer_sampling": "none"}  # left out of the identity at these values (added after runs existed)
 KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -132,6 +136,10 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         setattr(cfg, key, coerce(key, value, types[key]))
     _choice(cfg, "objective", OBJECTIVES)
+    _choice(cfg, "layer_sampling", LAYER_SAMPLING)
+    if cfg.layer_sampling != "none" and cfg.objective != "aligned":
+        raise ConfigError(f"layer_sampling {cfg.layer_sampling!r} estimates the aligned loss: it needs objective "
+                          f"aligned, not {cfg.objective!r} (or layer_sampling none)")
     _choice(cfg, "schedule", SCHEDULES)
     _choice(cfg, "amp", AMP_MODES)
     _choice(cfg, "normalize", NORMALIZE)
@@ -279,6 +287,9 @@ def resolve(config: "TrainConfig | dict | str | Path | None" = None, overrides: 
 def identity(cfg: TrainConfig) -> dict:
     """The keys that determine the trained weights (all but RUNTIME_KEYS), plus a format version."""
     out = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
+    for key, default in DEFAULT_FREE_KEYS.items():  # keys added later: at their default, runs keep their identity
+        if out[key] == default:
+            del out[key]
     out["identity_version"] = IDENTITY_VERSION
     return out
 

@@ -11,7 +11,8 @@ The loop talks to the model only through the adapter interface (``hidden_states`
 
 Determinism: the data order of epoch e is a permutation seeded by (seed, e); the augmentation of a step
 is drawn for the whole global batch from (seed, step); dropout is reseeded at every step from
-(seed, step, rank). So a run resumed from any checkpoint replays exactly the steps it would have taken,
+(seed, step, rank); the layers a sampled aligned loss reads (``layer_sampling``) are drawn from (seed, step,
+micro-batch) by the objective's own generator (`layersim.losses.AlignedLoss`). So a run resumed from any checkpoint replays exactly the steps it would have taken,
 and the samples see the same augmentation whatever the number of processes. The RNG states of torch /
 numpy / python are saved and restored as well, for anything else that draws from them.
 
@@ -156,7 +157,8 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
         torch.manual_seed(_seed(cfg.seed, 3))
         heads = ExitHeads.for_adapter(adapter).to(dist.device)
     objective = make_objective(cfg.objective, adapter, weights=layer_weights(cfg), heads=heads,
-                               label_smoothing=cfg.label_smoothing).to(dist.device)
+                               label_smoothing=cfg.label_smoothing, layer_sampling=cfg.layer_sampling,
+                               seed=cfg.seed).to(dist.device)
     step_module = TrainStep(adapter, objective)
     step_module.train()
 
@@ -235,6 +237,7 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
         value = 0.0
         for i, part in enumerate(rows):  # gradient accumulation: each micro-batch's mean loss weighted 1/A
             inputs, labels = task.train_batch(batch, part, (cfg.seed, 1, g))
+            objective.set_draw(cfg.seed, g, dist.rank * A + i)
             sync = contextlib.nullcontext() if (W == 1 or i == A - 1) else runner.no_sync()
             with sync:
                 with autocast():
