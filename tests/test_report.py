@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from headless_chromium import needs_chromium, rendered_dom
 from layersim import data as D
-from layersim.models import HFEncoder, adapt, minilm_path
+from layersim.models import HFEncoder, minilm_path
 from layersim.report import ReportError, report
 from layersim.report.cli import main
 

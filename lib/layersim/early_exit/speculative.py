@@ -119,6 +119,14 @@ def _pick(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits.double() / temperature, -1), 1, generator=generator)[0]
 
 
+def _prefill(steps, ids, temperature: float = 0.0, generator=None) -> tuple:
+    """The prompt through every block into a new cache -> (cache, the first new token from layer L)."""
+    L = steps.num_layers
+    cache = steps.new_cache()
+    h = steps.blocks(steps.embed(ids, 0), 1, L, cache, 0)
+    return cache, int(_pick(steps.read(h[0, -1], L), temperature, generator))
+
+
 def _finish(adapter, ids, new, seconds, eos, max_new_tokens, **stats) -> Generation:
     new = new[:max_new_tokens]
     if eos is not None and eos in new:
@@ -138,9 +146,8 @@ def greedy_generate(adapter, prompt, *, max_new_tokens: int = 20, stop_at_eos: b
     L = adapter.num_layers
     with torch.no_grad(), eval_mode(adapter.model):
         begin = time.perf_counter()
-        cache = steps.new_cache()
-        h = steps.blocks(steps.embed(ids, 0), 1, L, cache, 0)
-        new = [int(_pick(steps.read(h[0, -1], L), temperature, generator))]
+        cache, first = _prefill(steps, ids, temperature, generator)
+        new = [first]
         while len(new) < max_new_tokens and new[-1] != eos:
             pos = ids.shape[1] + len(new) - 1
             token = torch.tensor([[new[-1]]], device=ids.device)
@@ -184,9 +191,8 @@ def self_speculative_generate(adapter, prompt, *, exit_layer: int, draft_tokens:
              "accepted_per_pass": []}
     with torch.no_grad(), eval_mode(adapter.model):
         begin = time.perf_counter()
-        cache = steps.new_cache()
-        h = steps.blocks(steps.embed(ids, 0), 1, L, cache, 0)
-        new = [int(_pick(steps.read(h[0, -1], L), temperature, generator))]
+        cache, first = _prefill(steps, ids, temperature, generator)
+        new = [first]
         while len(new) < max_new_tokens and new[-1] != eos:
             pos = ids.shape[1] + len(new) - 1  # the pending token's position
             budget = min(k, max_new_tokens - len(new) - 1)

@@ -18,7 +18,7 @@ import torch
 from layersim.models import eval_mode
 from layersim.validate import real_number
 
-from .speculative import Generation, _finish, _start, greedy_generate
+from .speculative import Generation, _finish, _prefill, _start, greedy_generate
 
 __all__ = ["confidence_generate", "confidence_exit_sweep"]
 
@@ -35,9 +35,8 @@ def confidence_generate(adapter, prompt, *, threshold: float, max_new_tokens: in
     L = adapter.num_layers
     with torch.no_grad(), eval_mode(adapter.model):
         begin = time.perf_counter()
-        cache = steps.new_cache()
-        h = steps.blocks(steps.embed(ids, 0), 1, L, cache, 0)
-        new, exits = [int(steps.read(h[0, -1], L).argmax())], [L]
+        cache, first = _prefill(steps, ids)
+        new, exits = [first], [L]
         while len(new) < max_new_tokens and new[-1] != eos:
             pos = ids.shape[1] + len(new) - 1
             h = steps.embed(torch.tensor([[new[-1]]], device=ids.device), pos)
