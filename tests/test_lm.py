@@ -57,16 +57,18 @@ def test_fused_layer_losses_equal_the_naive_ones(kind, objective, final_norm, mo
 
 
 def test_fused_path_is_taken_for_a_vocabulary(monkeypatch):
-    """At a vocabulary's size the loss goes through fused_ce (never the full logits)."""
+    """At a vocabulary's size the loss goes through fused_ce (never the full logits): the three layers of the
+    aligned loss are read by the shared head in one fused call, one segment per layer."""
     import layersim.fused_ce as fused_ce
 
     calls = []
-    original = fused_ce.linear_cross_entropy
-    monkeypatch.setattr(fused_ce, "linear_cross_entropy", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fused_ce.segments_cross_entropy
+    monkeypatch.setattr(fused_ce, "segments_cross_entropy",
+                        lambda hiddens, *a, **k: calls.append(len(hiddens)) or original(hiddens, *a, **k))
     monkeypatch.setattr(losses, "FUSE_ABOVE_ELEMENTS", 1000)
     adapter = adapt(_tiny_lm("gpt2"))
     out = losses.make_objective("aligned", adapter)(adapter, adapter.hidden_states(_batch()), None)
-    assert len(calls) == 3 and torch.isfinite(out.loss)
+    assert calls == [3] and torch.isfinite(out.loss)
 
 
 # ---- per-layer next-token report ------------------------------------------------------------------------
