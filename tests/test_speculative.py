@@ -117,7 +117,7 @@ def test_decoder_steps_refuse_a_wrong_preparation_by_the_check():
         def embed(self, ids, start):  # forgets GPT-2's learned position embeddings
             return self.base.wte(ids)
 
-    with pytest.raises(SelfCheckError, match="differ from the model's own"):
+    with pytest.raises(SelfCheckError, match="differs from the model's own"):
         NoPositions(tiny("gpt2"))
 
 
