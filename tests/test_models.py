@@ -687,3 +687,16 @@ def test_smollm2_is_parsed_once_then_read_from_a_cached_copy(tmp_path, monkeypat
     assert first.fingerprint() == second.fingerprint()
     text = "The capital of France is"
     assert first.tokenizer(text)["input_ids"] == second.tokenizer(text)["input_ids"]
+
+
+def test_hugging_face_vision_models_are_refused_as_vision_not_as_headless_decoders():
+    """A bare HF ViTModel is not 'a decoder without its language-model head': the refusal says what it is and
+    what to use instead; a bare causal-LM base model still gets the decoder advice."""
+    vit = transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                       intermediate_size=32, image_size=8, patch_size=4))
+    with pytest.raises(ValueError, match=r"ViTModel \(vit\).*vision models are not read yet.*timm") as caught:
+        adapt(vit)
+    assert "decoder" not in str(caught.value)
+    gpt = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
+    with pytest.raises(ValueError, match="decoder without its language-model head"):
+        adapt(gpt)

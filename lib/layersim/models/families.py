@@ -108,6 +108,13 @@ def is_encoder_type(model_type: str) -> bool:
     return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+def is_causal_lm_type(model_type: str) -> bool:
+    """True for Hugging Face model types that have a causal-LM head class (GPT-2, Llama, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
 def is_seq2seq_type(model_type: str) -> bool:
     """True for Hugging Face model types of encoder-decoder families (T5, BART, ...), even for their encoder."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .base import LayerAdapter
-from .families import is_encoder_type, is_seq2seq_type
+from .families import is_causal_lm_type, is_encoder_type, is_seq2seq_type
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import VisionTransformer
@@ -261,12 +261,16 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         if getattr(model.config, "is_decoder", False):
             raise ValueError(f"{cls_name} is configured as a decoder: load it with AutoModelForCausalLM")
         if cls_name.endswith("ForSequenceClassification") or cls_name.endswith("Model"):
-            if not is_encoder_type(model.config.model_type):
+            if is_encoder_type(model.config.model_type):
+                return HFEncoder(model, tokenizer, **kwargs)
+            if is_causal_lm_type(model.config.model_type):
                 raise ValueError(f"{cls_name} is a decoder without its language-model head; load it with "
                                  "AutoModelForCausalLM")
-            return HFEncoder(model, tokenizer, **kwargs)
-        raise ValueError(f"don't know how to read the layers of {cls_name}; supported: bare encoders and "
-                         "*ForSequenceClassification, *ForCausalLM / *LMHeadModel")
+        raise ValueError(f"don't know how to read the layers of {cls_name} ({model.config.model_type}); supported: "
+                         "Hugging Face text encoders (bare or *ForSequenceClassification) and causal LMs (*ForCausalLM"
+                         " / *LMHeadModel). Hugging Face vision models are not read yet: use timm's ViT/DeiT "
+                         "(e.g. load_model('deit_small_patch16_224'), or a timm folder) or subclass "
+                         "layersim.models.LayerAdapter (README, 'Your own model')")
     raise ValueError(f"don't know how to read the layers of {type(model).__name__} ({module}); supported: "
                      "layersim VisionTransformer, timm VisionTransformer, Hugging Face encoders and causal LMs. "
                      "For another model subclass layersim.models.LayerAdapter (README, 'Your own model')")
