@@ -600,3 +600,23 @@ def test_wikitext_corpus_missing_or_damaged(tmp_path):
         data.load_wikitext103_corpus(local_dir=folder)
     with pytest.raises(SourceNotFoundError, match="Salesforce/wikitext"):
         data.load_wikitext103_corpus()  # offline in tests: the hub cannot be reached
+
+
+def test_split_fractions_that_are_not_numbers_or_leave_a_split_empty_are_refused(tmp_path):
+    """A fraction given as a string or NaN is a sentence, not a TypeError from a comparison; a split that
+    rounds to nothing is refused instead of returning an empty test (or training) split."""
+    from layersim.data.common import _split_indices
+
+    for bad in ("0.2", float("nan"), 0.0, 1.0):
+        with pytest.raises(ValueError, match="test_fraction must be a number in \\(0, 1\\)"):
+            _split_indices(10, bad, 0)
+    with pytest.raises(ValueError, match="leaves the test split empty"):
+        _split_indices(3, 0.1, 0)
+    with pytest.raises(ValueError, match="leaves the training split empty"):
+        _split_indices(3, 0.9, 0)
+    train, test = _split_indices(10, 0.3, 0)
+    assert len(train) == 7 and len(test) == 3 and not set(train) & set(test)
+    path = tmp_path / "lines.txt"
+    path.write_text("a\nb\nc\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.load_text_file(path, test_fraction=float("nan"))

