@@ -233,10 +233,12 @@ def _latest_step(out: Path) -> int:
     return torch.load(path, weights_only=True)["global_step"]
 
 
-def test_sigkill_at_any_point_then_same_command_resumes_to_identical_weights(tmp_path):
-    config = write_config(tmp_path, epochs=3)
+@pytest.mark.parametrize("sampling", ["none", "token"])
+def test_sigkill_at_any_point_then_same_command_resumes_to_identical_weights(tmp_path, sampling):
+    """Also with the sampled aligned loss: its per-token layer draws are replayed after a kill."""
+    config = write_config(tmp_path, epochs=3, layer_sampling=sampling)
     with one_thread():  # as the subprocesses (OMP_NUM_THREADS=1): the same arithmetic, bit for bit
-        T.train(TINY, tmp_path / "reference", epochs=3)
+        T.train(TINY, tmp_path / "reference", epochs=3, layer_sampling=sampling)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "layersim.train", "--config", str(config), "--out", str(out)]
     # kill 1: as soon as the first checkpoint is there (step 4 of 30)
