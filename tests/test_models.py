@@ -689,14 +689,92 @@ def test_smollm2_is_parsed_once_then_read_from_a_cached_copy(tmp_path, monkeypat
     assert first.tokenizer(text)["input_ids"] == second.tokenizer(text)["input_ids"]
 
 
-def test_hugging_face_vision_models_are_refused_as_vision_not_as_headless_decoders():
-    """A bare HF ViTModel is not 'a decoder without its language-model head': the refusal says what it is and
-    what to use instead; a bare causal-LM base model still gets the decoder advice."""
-    vit = transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                                       intermediate_size=32, image_size=8, patch_size=4))
-    with pytest.raises(ValueError, match=r"ViTModel \(vit\).*vision models are not read yet.*timm") as caught:
-        adapt(vit)
+def test_hugging_face_vision_models_are_read_and_unknown_vision_classes_refused_as_vision():
+    """A bare HF ViTModel is read (features only, checked against its own output); a vision class that is not in
+    the table is refused as a vision model, naming the classes read; a bare causal-LM base model still gets the
+    decoder advice."""
+    config = transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                    image_size=8, patch_size=4)
+    adapter = adapt(transformers.ViTModel(config))
+    assert not adapter.has_readout and adapter.structure()["head"] == "none (a bare backbone)"
+    with pytest.raises(ValueError, match=r"ViTForMaskedImageModeling \(vit\): the Hugging Face vision classes read "
+                                         r"are ViTModel, .*CLIPVisionModel; for another, use timm") as caught:
+        adapt(transformers.ViTForMaskedImageModeling(config))
     assert "decoder" not in str(caught.value)
     gpt = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
     with pytest.raises(ValueError, match="decoder without its language-model head"):
         adapt(gpt)
+
+
+def tiny_vision(cls, config_cls, **extra):
+    torch.manual_seed(0)
+    config = config_cls(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, **extra)
+    model = cls(config).eval()
+    with torch.no_grad():  # final norms far from the identity, as in a trained model
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.3, 2.0)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_hf_vision_heads_are_read_as_the_model_reads_them():
+    """Dinov2 reads concat(CLS, mean of the normalised patch tokens): read with the mean taken before the final
+    norm, its layer L no longer equals the model's logits and the self-check refuses it. Skipping the final norm
+    on layers < L keeps layer L the model's prediction."""
+    from layersim.models import HFVision, SelfCheckError
+
+    dinov2 = tiny_vision(transformers.Dinov2ForImageClassification, transformers.Dinov2Config, num_labels=3)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own = dinov2(x).logits
+        for final_norm in (True, False):
+            adapter = adapt(dinov2, final_norm=final_norm)
+            read = adapter.read(adapter.hidden_states(x))
+            assert torch.allclose(read[-1], own, atol=1e-5)
+        skipped, normed = read, adapt(dinov2).read(adapter.hidden_states(x))
+        assert not torch.allclose(skipped[0], normed[0], atol=1e-3)
+    assert adapter.head_tokens == 2 and "concat" in adapter.structure()["head"]
+    with pytest.raises(ValueError, match="reads 2 vectors with its head"):
+        ExitHeads.for_adapter(adapter)
+
+    class MeanBeforeNorm(HFVision):  # a wrong assumption: pool first, then normalise
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.norm_before_pool = False
+
+        def _head_vectors(self, hidden, numbers, pooling):
+            pooled = torch.stack([hidden.states[:, :, 0], self.pool(hidden, "mean")], dim=2)
+            return torch.stack([self.norm(p) for p in pooled])
+
+    with pytest.raises(SelfCheckError, match="layer L is the model's prediction"):
+        MeanBeforeNorm(dinov2)
+
+
+def test_hf_vision_backbones_are_checked_against_their_own_output():
+    """A bare CLIP vision tower's output is post_layernorm of the class token: read as a sequence norm (ViT's),
+    the self-check refuses it; a DeiT with teacher is stepped block by block to its last layer."""
+    from layersim.models import HFVision, SelfCheckError
+
+    clip = tiny_vision(transformers.CLIPVisionModel, transformers.CLIPVisionConfig)
+    adapter = adapt(clip)
+    assert not adapter.has_readout and adapter.structure()["final norm at"] == "post_layernorm (on the pooled class token)"
+    assert "bare CLIPVisionModel without a classification head" in adapter.no_readout_reason()
+
+    class SequenceNorm(HFVision):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.norm_before_pool = True
+
+    with pytest.raises(SelfCheckError, match="layer L is the model's output"):
+        SequenceNorm(clip)
+    deit = tiny_vision(transformers.DeiTForImageClassificationWithTeacher, transformers.DeiTConfig, num_labels=4)
+    adapter = adapt(deit)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        stepped = adapter.run_blocks(adapter.begin(x), 2).tokens
+        assert torch.allclose(stepped, adapter.hidden_states(x).states[-1], atol=1e-5)
+    assert adapter.num_prefix == 2 and adapter.head_tokens == 2
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 16, 16\)"):
+        adapter.hidden_states(torch.randn(2, 3, 32, 32))

@@ -217,6 +217,8 @@ def family_models():
                initializer_range=0.2, num_labels=3, pad_token_id=0)
     t = transformers
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    vit = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+               intermediate_size=64, num_labels=3)
     models = {
         "gpt2": (t.GPT2LMHeadModel(t.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=2, n_positions=64,
                                                 initializer_range=0.2)), ids),
@@ -231,9 +233,14 @@ def family_models():
         "roberta": (t.RobertaForSequenceClassification(t.RobertaConfig(**enc, max_position_embeddings=64)), ids),
         "distilbert": (t.DistilBertForSequenceClassification(t.DistilBertConfig(
             vocab_size=V, dim=32, n_layers=3, n_heads=2, hidden_dim=64, num_labels=3, pad_token_id=0)), ids),
-        "vit-hf": (t.ViTForImageClassification(t.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
-                                                          num_hidden_layers=3, num_attention_heads=2,
-                                                          intermediate_size=64, num_labels=3)), images),
+        "vit-hf": (t.ViTForImageClassification(t.ViTConfig(**vit)), images),
+        "vit-hf-bare": (t.ViTModel(t.ViTConfig(**vit)), images),
+        "deit-hf": (t.DeiTForImageClassification(t.DeiTConfig(**vit)), images),
+        "deit-hf-teacher": (t.DeiTForImageClassificationWithTeacher(t.DeiTConfig(**vit)), images),
+        "dinov2": (t.Dinov2ForImageClassification(t.Dinov2Config(**vit)), images),
+        "dinov2-bare": (t.Dinov2Model(t.Dinov2Config(**vit)), images),
+        "clip-vision": (t.CLIPVisionModel(t.CLIPVisionConfig(**{k: v for k, v in vit.items() if k != "num_labels"})),
+                        images),
         "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                                        embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
         "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
@@ -244,9 +251,13 @@ def family_models():
 
 
 FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "bert", "roberta", "distilbert", "vit-hf",
-            "timm-vit", "timm-deit-distilled"]
+            "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "clip-vision", "timm-vit",
+            "timm-deit-distilled"]
 LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt")
-REFUSED = {"vit-hf": "don't know how to read the layers of ViTForImageClassification"}
+REFUSED = {}
+# features and similarity only: what the report says instead of a readout
+BARE = {"vit-hf-bare": "bare ViTModel without a classification head", "dinov2-bare": "bare Dinov2Model without",
+        "clip-vision": "bare CLIPVisionModel without a classification head"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -260,6 +271,9 @@ def test_every_family_gives_correct_numbers_or_a_clear_refusal(family):
     r = report(model, x if family in LMS else (x, labels), progress=False)
     num = r.numbers
     assert torch.tensor(num["cos"]).shape == torch.tensor(num["cka"]).shape == (3, 3)
+    if family in BARE:  # checked against the model's own output features when made (the self-check)
+        assert not num["readout"] and BARE[family] in r.info["no_readout"] and "accuracy" not in num
+        return
     with torch.no_grad():
         own = model(x).logits if family not in ("timm-vit", "timm-deit-distilled") else model(x)
     if family in LMS:  # layer L is the model's own next-token prediction

@@ -132,8 +132,9 @@ def count_flops(model, batch, *, reader=None) -> FlopsProfile:
                 handle.remove()
     if any(f is None for f in block_flops):
         raise ValueError(f"{adapter.name}: not every block ran in the forward pass; cannot attribute FLOPs")
-    vectors = adapter.head_inputs(hidden)  # (L, n, d)
     head_flops = [0] * len(blocks)
+    with torch.no_grad():  # a head that normalises tokens before pooling computes them here: no autograd graph
+        vectors = adapter.head_inputs(hidden)  # (L, n, d)
     if reader is not None:
         with torch.no_grad(), eval_mode(adapter.model):
             head_flops = [_count(lambda: reader(vectors[l], l + 1))[0] for l in range(len(blocks))]

@@ -195,8 +195,9 @@ class LayerAdapter(metaclass=_SelfChecked):
     vocabulary_readout = False  # C is a vocabulary: read out per token, keep summaries rather than logits
     norm_before_pool = False  # the head normalises every token, then pools (timm ViTs with avg pooling, no fc_norm)
     has_final_norm = True  # pre-norm model with a final norm (False: post-norm encoders)
-    head_tokens = 1  # tokens the head reads per sample (2: a distilled DeiT's class and distillation tokens)
+    head_tokens = 1  # vectors the head reads per sample (2: a distilled DeiT's class and distillation tokens)
     settable_readout_poolings: tuple = ()  # other poolings the head can be switched to (`set_readout_pooling`)
+    modality = "image"  # what a batch holds: "image" (or any tensor), "text" (texts or token ids), "audio"
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
         if not isinstance(final_norm, bool):
@@ -221,6 +222,18 @@ class LayerAdapter(metaclass=_SelfChecked):
     def run_model(self, batch):
         """The model's own forward on `batch` (its output, whatever it is): what the self-check compares with."""
         return self.logits(batch)
+
+    def final_features(self, hidden: Hidden, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a model without a head: (the model's own output features, the same computed from layer L of
+        `hidden` with the adapter's final norm), compared by the self-check; None where the adapter does not
+        know what the model outputs."""
+        return None
+
+    def no_readout_reason(self) -> str:
+        """Why a model without a classification head has no readout, and how to get one (for people)."""
+        return (f"{self.name} has no classification head (a bare backbone), so there is no last-layer classifier "
+                "to read its layers with; features and similarity are shown. Load it with a head (e.g. "
+                "load_model(..., num_labels=C) for a text encoder) to see the readout.")
 
     def probe_batch(self):
         """A small, fixed input the self-check runs (images or token ids; own random generator)."""
@@ -398,8 +411,12 @@ class LayerAdapter(metaclass=_SelfChecked):
         head_pooling = self.head_pooling(pooling)
         if not self.norm_before_pool:
             return self.pool(hidden, head_pooling)
+        return self.pool(self._normed_tokens(hidden, numbers), head_pooling)
+
+    def _normed_tokens(self, hidden: Hidden, numbers: list) -> Hidden:
+        """`hidden` (layers `numbers`, 1-based) with the final norm on every token where the head applies it."""
         states = torch.stack([self.norm(s) if self.norm_applies(l) else s for s, l in zip(hidden.states, numbers)])
-        return self.pool(replace(hidden, states=states), head_pooling)
+        return replace(hidden, states=states)
 
     def head_normed(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
         """Head inputs of 1-based `layer` with the final norm applied where the shared head applies it

@@ -11,7 +11,13 @@ Hugging Face families (by where the base model keeps them):
 - final norm (pre-norm models): ``ln_f``, ``norm``, ``norm_f``, ``final_layernorm``, ``final_layer_norm``,
   ``final_norm``, ``decoder.final_layer_norm`` (OPT), and for pre-norm encoders ``LayerNorm``
   (RoBERTa-PreLayerNorm) and ``encoder.LayerNorm`` (XLM-RoBERTa-XL). Post-norm encoders (BERT family) have none;
-- between the final norm and the LM head: OPT's ``decoder.project_out`` where it exists.
+- between the final norm and the LM head: OPT's ``decoder.project_out`` where it exists;
+- vision transformers (`VISION_CLASSES`): blocks at ``layers`` (ViT, DeiT), ``encoder.layer`` (Dinov2),
+  ``encoder.layers`` (CLIP); final norm ``layernorm`` on the whole sequence (ViT, DeiT, Dinov2) or
+  ``post_layernorm`` on the pooled class token (CLIP); leading tokens: the class token, DeiT's distillation
+  token, Dinov2's register tokens;
+- encoder stacks of encoder-decoder models (`ENCODER_STACKS`): T5's ``encoder.block`` and
+  ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 import torch.nn as nn
 
 BLOCK_PATHS = ("layers", "h", "blocks", "decoder.layers", "encoder.layer", "encoder.layers", "transformer.layer",
-               "transformer.h", "layer")
+               "transformer.h", "layer", "block")
 DECODER_NORM_PATHS = ("ln_f", "norm", "norm_f", "final_layernorm", "final_layer_norm", "final_norm",
                       "decoder.final_layer_norm")
 ENCODER_NORM_PATHS = ("final_norm", "LayerNorm", "encoder.LayerNorm", "encoder.final_layer_norm")
@@ -56,6 +62,61 @@ def find_projection(base: nn.Module) -> tuple[str, nn.Module] | tuple[None, None
     """A projection between the final norm and the LM head (OPT's ``decoder.project_out``), or (None, None)."""
     found = get_path(base, "decoder.project_out")
     return ("decoder.project_out", found) if isinstance(found, nn.Module) else (None, None)
+
+
+# Hugging Face vision classes read, by class name: what their head reads of the final norm's tokens
+# ("cls": classifier(norm(h)[CLS]); "cls+distillation": the mean of two classifiers on the class and
+# distillation tokens; "cls+mean": classifier(concat(CLS, mean of the patch tokens)); None: no head)
+VISION_CLASSES = {"ViTModel": None, "ViTForImageClassification": "cls",
+                  "DeiTModel": None, "DeiTForImageClassification": "cls",
+                  "DeiTForImageClassificationWithTeacher": "cls+distillation",
+                  "Dinov2Model": None, "Dinov2ForImageClassification": "cls+mean",
+                  "CLIPVisionModel": None}
+# the final norm of a vision transformer: (path, True when it normalises the sequence, False the pooled class token)
+VISION_NORMS = (("layernorm", True), ("post_layernorm", False))
+# encoder-decoder families whose encoder stack is read: model_type -> (final norm of the stack, what it reads)
+ENCODER_STACKS = {"t5": ("final_layer_norm", "text"), "whisper": ("layer_norm", "audio")}
+
+
+def vision_head(model: nn.Module):
+    """How the head of a Hugging Face vision transformer reads: (kind, formula, linear layers) with kind a value
+    of `VISION_CLASSES` (None: no head); raises ValueError for a class not in the table."""
+    name = type(model).__name__
+    if name not in VISION_CLASSES:
+        known = ", ".join(VISION_CLASSES)
+        raise ValueError(f"don't know how to read the layers of {name} ({model.config.model_type}): the Hugging Face "
+                         f"vision classes read are {known}; for another, use timm's ViT/DeiT or subclass "
+                         "layersim.models.LayerAdapter (README, 'Your own model')")
+    kind = VISION_CLASSES[name]
+    if kind == "cls+distillation":
+        heads = (model.cls_classifier, model.distillation_classifier)
+        formula = "(cls_classifier(n_l[CLS]) + distillation_classifier(n_l[DIST])) / 2"
+    else:
+        heads = (getattr(model, "classifier", None),)
+        formula = {"cls": "classifier(n_l[CLS])", "cls+mean": "classifier(concat(n_l[CLS], mean(n_l[patches])))",
+                   None: None}[kind]
+    if kind is not None and not all(isinstance(h, nn.Linear) for h in heads):
+        return None, None, ()  # num_labels=0: the classifier is an identity, there is no head
+    return kind, formula, heads
+
+
+def vision_norm(base: nn.Module) -> tuple[str, nn.Module, bool]:
+    """(path, module, normalises the sequence) of a Hugging Face vision transformer's final norm."""
+    for path, sequence in VISION_NORMS:
+        found = get_path(base, path)
+        if isinstance(found, nn.Module):
+            return path, found, sequence
+    raise ValueError(f"{type(base).__name__} has none of the final norms {[p for p, _ in VISION_NORMS]}; subclass "
+                     "layersim.models.LayerAdapter for it")
+
+
+def vision_prefix_tokens(embeddings: nn.Module) -> int:
+    """Leading non-patch tokens of a vision transformer's embedding: class, distillation and register tokens."""
+    count = int(getattr(embeddings, "cls_token", None) is not None or getattr(embeddings, "class_embedding", None)
+                is not None)
+    count += int(getattr(embeddings, "distillation_token", None) is not None)
+    registers = getattr(embeddings, "register_tokens", None)
+    return count + (registers.shape[1] if isinstance(registers, torch.Tensor) else 0)
 
 
 def logit_rescaling(config) -> str | None:

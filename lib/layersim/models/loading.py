@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .base import LayerAdapter
 from .families import is_causal_lm_type, is_encoder_type, is_seq2seq_type
+from .hf_vision import HFVision
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import VisionTransformer
@@ -241,8 +242,8 @@ def _load_by_hub_name(name: str, *, num_labels, final_norm, **text_kwargs) -> La
 
 # ---- choosing an adapter -------------------------------------------------------------------------------
 def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
-    """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder or causal LM (an adapter is
-    returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
+    """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer
+    (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
@@ -253,6 +254,8 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         return TimmViTAdapter(model, **kwargs)
     if module.startswith("transformers."):
         cls_name = type(model).__name__
+        if getattr(model, "main_input_name", None) == "pixel_values":
+            return HFVision(model, **kwargs)
         if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
             return HFCausalLM(model, tokenizer, **kwargs)
         if getattr(model.config, "is_encoder_decoder", False) or is_seq2seq_type(model.config.model_type):
@@ -267,10 +270,10 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
                 raise ValueError(f"{cls_name} is a decoder without its language-model head; load it with "
                                  "AutoModelForCausalLM")
         raise ValueError(f"don't know how to read the layers of {cls_name} ({model.config.model_type}); supported: "
-                         "Hugging Face text encoders (bare or *ForSequenceClassification) and causal LMs (*ForCausalLM"
-                         " / *LMHeadModel). Hugging Face vision models are not read yet: use timm's ViT/DeiT "
-                         "(e.g. load_model('deit_small_patch16_224'), or a timm folder) or subclass "
-                         "layersim.models.LayerAdapter (README, 'Your own model')")
+                         "Hugging Face text encoders (bare or *ForSequenceClassification), causal LMs (*ForCausalLM"
+                         " / *LMHeadModel) and vision transformers (ViT, DeiT, Dinov2, CLIP vision tower). For "
+                         "another model subclass layersim.models.LayerAdapter (README, 'Your own model')")
     raise ValueError(f"don't know how to read the layers of {type(model).__name__} ({module}); supported: "
-                     "layersim VisionTransformer, timm VisionTransformer, Hugging Face encoders and causal LMs. "
+                     "layersim VisionTransformer, timm VisionTransformer, Hugging Face encoders, causal LMs and "
+                     "vision transformers. "
                      "For another model subclass layersim.models.LayerAdapter (README, 'Your own model')")

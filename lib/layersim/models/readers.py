@@ -87,8 +87,9 @@ class ExitHeads(nn.Module, Reader):
         super().__init__()
         adapter._require_readout()
         if adapter.head_tokens != 1:
-            raise ValueError(f"{adapter.name} reads {adapter.head_tokens} tokens with its head (a distilled DeiT): "
-                             "exit heads of one vector per layer do not apply")
+            raise ValueError(f"{adapter.name} reads {adapter.head_tokens} vectors with its head (a distilled DeiT: "
+                             "class and distillation tokens; Dinov2: class token and patch mean): exit heads of "
+                             "one vector per layer do not apply")
         L, d, C = adapter.num_layers, adapter.width, adapter.num_classes
         self.num_layers, self.width, self.num_classes = L, d, C
         object.__setattr__(self, "adapter", adapter)  # not a submodule: the heads' state is their own

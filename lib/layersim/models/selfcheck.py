@@ -8,7 +8,9 @@ global RNG is untouched) it checks, in eval mode and without gradients:
    model's *own* forward equals layer l of ``hidden_states(batch)`` (raw block outputs, no final norm);
 2. **truncated forwards**: ``hidden_states(batch, upto=l)`` equals layers 1..l of the full forward, for every l;
 3. **layer L is the model's prediction**: the reader (the shared last-layer classifier) on layer L's head
-   inputs equals ``logits(batch)`` (for a causal LM at every position that has a next token);
+   inputs equals ``logits(batch)`` (for a causal LM at every position that has a next token); for a model
+   without a head, **layer L is the model's output**: the final norm on layer L equals the features the
+   model returns (``final_features``), where the adapter knows them;
 4. **block stepping**, where the adapter can run block by block (``begin``/``run_blocks``): the state after
    block L equals layer L.
 
@@ -105,6 +107,13 @@ def check_adapter(adapter: LayerAdapter, batch=None) -> None:
                 raise _fail(adapter, "layer L is the model's prediction",
                             f"the last-layer classifier on layer {L} gives logits of shape {tuple(read.shape)} that "
                             f"differ from the model's own logits {tuple(own.shape)} by {diff:.3g}")
+        else:
+            pair = adapter.final_features(hidden, batch)
+            ok, diff = _close(*pair, dtype) if pair is not None else (True, 0.0)
+            if not ok:
+                raise _fail(adapter, "layer L is the model's output",
+                            f"layer {L} with the final norm (shape {tuple(pair[0].shape)}) differs from the features "
+                            f"the model returns {tuple(pair[1].shape)} by {diff:.3g}")
         try:
             state = adapter.begin(batch)
         except NotImplementedError:

@@ -1,8 +1,7 @@
 """Adapters for Hugging Face text models: encoders (BERT family, pre-norm encoders, ModernBERT) and causal LMs.
 
-Block outputs are read by the model's own forward: a forward hook on each block records its output, and
-after block `upto` the forward stops (a real truncated forward, whatever the family does between blocks:
-masks, rotary embeddings, per-layer attention). Where the blocks are and what follows them comes from
+Block outputs are read by the model's own forward (`layersim.models.hf_blocks`: hooks on the blocks, the
+forward stopped after block `upto`). Where the blocks are and what follows them comes from
 `layersim.models.families`; the self-check verifies it against the model's own logits.
 
 The caller's tokenizer is never changed: texts are tokenised without padding and padded here, on the right.
@@ -16,20 +15,16 @@ import torch.nn as nn
 
 from ..storage import stable_hash
 from .base import BlockState, Hidden, LayerAdapter, check_upto
-from .families import (find_blocks, find_encoder_head, find_final_norm, find_projection, logit_rescaling,
-                       per_layer_attention)
+from .families import find_encoder_head, find_final_norm, find_projection, logit_rescaling, per_layer_attention
+from .hf_blocks import HFBlocks
 from ..validate import whole_number
 
 
-class _StopForward(Exception):
-    """Raised by a block hook once the blocks asked for have run (or, in ``begin``, at block 1's entry)."""
-
-
-class _HFText(LayerAdapter):
+class _HFText(HFBlocks, LayerAdapter):
     """Tokenisation and block reading shared by the Hugging Face adapters. A batch is a list of strings, a list
     of text pairs, or a dict of tensors (``input_ids``, ``attention_mask``, e.g. a tokenizer's output)."""
 
-    call_kwargs: dict = {}
+    modality = "text"
 
     def __init__(self, model, tokenizer, *, name=None, final_norm=True, max_length=128):
         super().__init__(model, name=name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
@@ -38,8 +33,11 @@ class _HFText(LayerAdapter):
         self.max_length = whole_number(max_length, "max_length", low=2, what="an integer >= 2 (tokens)")
         self.num_layers = model.config.num_hidden_layers
         self.width = model.config.hidden_size
-        self.base = model.base_model
-        self.blocks_path, self._blocks = find_blocks(self.base)
+        self._find_blocks(self._base_module(model))
+
+    def _base_module(self, model) -> nn.Module:
+        """The module whose forward runs the blocks (the base model; an encoder stack reads its encoder)."""
+        return model.base_model
 
     def settings(self) -> dict:
         tok = self.tokenizer
@@ -49,7 +47,7 @@ class _HFText(LayerAdapter):
 
     def structure(self) -> dict:
         return {**super().structure(), "family": self.model.config.model_type,
-                "blocks at": f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found"}
+                "blocks at": self.blocks_at()}
 
     # -- inputs
     def _pad_id(self) -> int:
@@ -133,45 +131,9 @@ class _HFText(LayerAdapter):
         return self.model(**self.encode(batch), **self.call_kwargs)
 
     # -- blocks
-    def block_modules(self) -> list[nn.Module]:
-        if self._blocks is None or len(self._blocks) != self.num_layers:
-            raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} blocks as one ModuleList "
-                                      "(e.g. ALBERT shares one layer group): it cannot be run block by block")
-        return list(self._blocks)
-
-    def _block_outputs(self, enc: dict, upto: int) -> list[torch.Tensor]:
-        """The raw outputs of blocks 1..upto, read by hooks on the blocks during the model's own forward,
-        which stops after block `upto`. Without a list of blocks (ALBERT), Hugging Face's hidden states."""
-        if self._blocks is None:
-            out = self.base(**enc, output_hidden_states=True, **self.call_kwargs)
-            return list(out.hidden_states[1:upto + 1])
-        outputs: list = []
-
-        def record(index):
-            def hook(module, args, output):
-                if index != len(outputs):
-                    raise RuntimeError(f"{self.name}: block {index + 1} ran after {len(outputs)} blocks; the "
-                                       "blocks do not run once each in order")
-                outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
-                if len(outputs) == upto and upto < self.num_layers:
-                    raise _StopForward
-            return hook
-
-        handles = [block.register_forward_hook(record(i)) for i, block in enumerate(self._blocks)]
-        try:
-            self.base(**enc, **self.call_kwargs)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        if len(outputs) != upto:
-            raise RuntimeError(f"{self.name}: expected {upto} block outputs, the forward gave {len(outputs)}")
-        return outputs
-
     def hidden_states(self, batch, upto: int | None = None) -> Hidden:
         enc = self.encode(batch)
-        states = self._block_outputs(enc, check_upto(upto, self.num_layers))
+        states, _ = self._block_outputs(enc, check_upto(upto, self.num_layers))
         return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
 
     def begin(self, batch) -> BlockState:
@@ -180,25 +142,8 @@ class _HFText(LayerAdapter):
         if per_layer_attention(self.model.config):
             raise NotImplementedError(f"{self.name}: its blocks take different attention masks (sliding windows), "
                                       "so it cannot be stepped block by block with one set of arguments")
-        first = self.block_modules()[0]
         enc = self.encode(batch)
-        seen = {}
-
-        def record(module, args, kwargs):
-            seen["args"], seen["kwargs"] = args, dict(kwargs)
-            raise _StopForward
-
-        handle = first.register_forward_pre_hook(record, with_kwargs=True)
-        try:
-            self.base(**enc, **self.call_kwargs)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if "args" not in seen:
-            raise ValueError(f"{self.name}: the forward pass never reached its first layer")
-        args, kwargs = seen["args"], seen["kwargs"]
-        tokens, rest = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
+        tokens, rest, kwargs = self._block_state_parts(*self._block_entry(enc))
         return BlockState(tokens, 0, enc["attention_mask"].bool(), torch.arange(tokens.shape[0], device=tokens.device),
                           input_ids=enc["input_ids"], block_args=rest, block_kwargs=kwargs)
 
@@ -268,6 +213,11 @@ class HFEncoder(_HFText):
 
     def classifier_module(self):
         return getattr(self.model, "classifier", None)
+
+    def final_features(self, hidden: Hidden, batch):
+        """A bare encoder: its final norm on layer L equals its own last_hidden_state (at real tokens)."""
+        out = self.base(**self.encode(batch), **self.call_kwargs)
+        return self.norm(hidden.states[-1])[hidden.mask], out.last_hidden_state[hidden.mask]
 
     def _head(self, normed):
         logits = self._sequence_head(normed)

@@ -50,9 +50,7 @@ class Report:
 
 def _no_readout_reason(adapter, pooling: str) -> str:
     if not adapter.has_readout:
-        return (f"{adapter.name} has no classification head (a bare backbone), so there is no last-layer classifier "
-                "to read its layers with; features and similarity are shown. Load it with a head (e.g. "
-                "load_model(..., num_labels=C) for a text encoder) to see the readout.")
+        return adapter.no_readout_reason()
     return f"the head of {adapter.name} does not read samples of pooling {pooling!r}"
 
 

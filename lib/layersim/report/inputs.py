@@ -56,10 +56,8 @@ def resolve_model(model, *, device: str | torch.device = "cpu") -> LayerAdapter:
 
 
 def modality(adapter: LayerAdapter) -> str:
-    """'lm' (causal language model), 'text' (text encoder) or 'image'."""
-    if adapter.vocabulary_readout:
-        return "lm"
-    return "text" if hasattr(adapter, "encode") else "image"
+    """'lm' (causal language model), 'text' (text encoder), 'audio' (audio encoder) or 'image'."""
+    return "lm" if adapter.vocabulary_readout else adapter.modality
 
 
 # ---- the data -------------------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Reading the blocks of a Hugging Face model during its own forward: the one mechanism every Hugging Face
+adapter uses (text encoders, causal LMs, vision transformers, the encoder stacks of encoder-decoder models).
+
+A forward hook on each block records its output, and after block `upto` the forward stops (a real truncated
+forward, whatever the family does between blocks: masks, rotary embeddings, relative position biases). A
+forward pre-hook on block 1 records its input, the embedding output ("layer 0"), in the same forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .families import find_blocks
+
+
+class StopForward(Exception):
+    """Raised by a block hook once the blocks asked for have run (or, in ``_block_entry``, at block 1's entry)."""
+
+
+class HFBlocks:
+    """Mixin for `LayerAdapter` subclasses over a Hugging Face model. ``_find_blocks(base)`` sets ``base`` (the
+    module whose forward runs the blocks: the base model, or an encoder stack) and its blocks; ``call_kwargs``
+    go to every call of ``base``."""
+
+    call_kwargs: dict = {}
+
+    def _find_blocks(self, base: nn.Module) -> None:
+        self.base = base
+        self.blocks_path, self._blocks = find_blocks(base)
+
+    def blocks_at(self) -> str:
+        """Where the blocks are, for `structure()`."""
+        return f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found"
+
+    def block_modules(self) -> list[nn.Module]:
+        if self._blocks is None or len(self._blocks) != self.num_layers:
+            raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} blocks as one ModuleList "
+                                      "(e.g. ALBERT shares one layer group): it cannot be run block by block")
+        return list(self._blocks)
+
+    def _block_outputs(self, inputs: dict, upto: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(the raw outputs of blocks 1..upto, the input of block 1), read by hooks on the blocks during the
+        model's own forward of ``base(**inputs)``, which stops after block `upto`. Without a list of blocks
+        (ALBERT), Hugging Face's hidden states (whose first entry is the embedding output)."""
+        if self._blocks is None:
+            out = self.base(**inputs, output_hidden_states=True, **self.call_kwargs)
+            return list(out.hidden_states[1:upto + 1]), out.hidden_states[0]
+        outputs: list = []
+        entry: list = []
+
+        def record(index):
+            def hook(module, args, output):
+                if index != len(outputs):
+                    raise RuntimeError(f"{self.name}: block {index + 1} ran after {len(outputs)} blocks; the "
+                                       "blocks do not run once each in order")
+                outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+                if len(outputs) == upto and upto < self.num_layers:
+                    raise StopForward
+            return hook
+
+        def record_entry(module, args, kwargs):
+            entry.append(args[0] if args else kwargs.get("hidden_states"))
+
+        handles = [block.register_forward_hook(record(i)) for i, block in enumerate(self._blocks)]
+        handles.append(self._blocks[0].register_forward_pre_hook(record_entry, with_kwargs=True))
+        try:
+            self.base(**inputs, **self.call_kwargs)
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(outputs) != upto:
+            raise RuntimeError(f"{self.name}: expected {upto} block outputs, the forward gave {len(outputs)}")
+        return outputs, entry[0] if entry else None
+
+    def _block_entry(self, inputs: dict) -> tuple[tuple, dict]:
+        """(args, kwargs) of block 1's call in the model's own forward of ``base(**inputs)``: the base model runs
+        up to the entry of block 1, where a forward pre-hook records them and stops the forward."""
+        first = self.block_modules()[0]
+        seen = {}
+
+        def record(module, args, kwargs):
+            seen["args"], seen["kwargs"] = args, dict(kwargs)
+            raise StopForward
+
+        handle = first.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            self.base(**inputs, **self.call_kwargs)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "args" not in seen:
+            raise ValueError(f"{self.name}: the forward pass never reached its first layer")
+        return seen["args"], seen["kwargs"]
+
+    @staticmethod
+    def _block_state_parts(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
+        """Block 1's recorded call -> (its input tokens, the other positional args, the keyword args)."""
+        kwargs = dict(kwargs)
+        return (args[0], tuple(args[1:]), kwargs) if args else (kwargs.pop("hidden_states"), (), kwargs)

@@ -1,0 +1,124 @@
+"""Adapter for Hugging Face vision transformers: ViT, DeiT (with or without its distillation head), Dinov2 and
+CLIP's vision tower, bare or with their classification head (`layersim.models.families.VISION_CLASSES`).
+
+Blocks are read during the model's own forward (`layersim.models.hf_blocks`). ViT, DeiT and Dinov2 normalise the
+whole sequence with ``layernorm`` before their head reads it; CLIP normalises the pooled class token with
+``post_layernorm`` (its pooled output).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import BlockState, Hidden, LayerAdapter, check_upto
+from .families import vision_head, vision_norm, vision_prefix_tokens
+from .hf_blocks import HFBlocks
+from .inputs import check_images
+
+
+class HFVision(HFBlocks, LayerAdapter):
+    """Hugging Face ViT / DeiT / Dinov2 / CLIP vision tower. The head of layer l reads the final norm's tokens
+    n_l = norm(h_l): ViT and DeiT ``classifier(n_l[CLS])``; a DeiT with teacher the mean of its class and
+    distillation classifiers; Dinov2 ``classifier(concat(n_l[CLS], mean(n_l[patches])))``. A bare backbone (no
+    head) gives features only; the self-check then compares layer L with the features the model returns."""
+
+    def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
+        config = model.config
+        super().__init__(model, name=name or getattr(config, "_name_or_path", None) or type(model).__name__,
+                         final_norm=final_norm)
+        self.head_kind, self.head_formula, self._heads = vision_head(model)
+        self._find_blocks(model.base_model)
+        if self._blocks is None:
+            raise ValueError(f"could not find the blocks of {type(model).__name__}; subclass "
+                             "layersim.models.LayerAdapter for it")
+        self.num_layers, self.width = len(self._blocks), config.hidden_size
+        self.norm_path, self.norm_module, sequence_norm = vision_norm(self.base)
+        self.norm_before_pool = sequence_norm  # the model normalises every token, then its head reads them
+        self.num_prefix = vision_prefix_tokens(self.base.embeddings)
+        self.head_tokens = 2 if self.head_kind in ("cls+distillation", "cls+mean") else 1
+        self.num_classes = self._heads[0].out_features if self.head_kind is not None else None
+        size = config.image_size
+        self.image_shape = (config.num_channels, *((size, size) if isinstance(size, int) else tuple(size)))
+
+    def settings(self) -> dict:
+        return {**super().settings(), "model_class": type(self.model).__name__}
+
+    def structure(self) -> dict:
+        head = {None: "none (a bare backbone)", "cls": "classifier on the class token",
+                "cls+distillation": "cls_classifier and distillation_classifier, averaged",
+                "cls+mean": "classifier on concat(class token, mean of the patch tokens)"}[self.head_kind]
+        return {**super().structure(), "family": self.model.config.model_type, "blocks at": self.blocks_at(),
+                "final norm at": f"{self.norm_path} (on "
+                + ("every token)" if self.norm_before_pool else "the pooled class token)"),
+                "leading tokens": self.num_prefix, "head": head}
+
+    def readout_formula(self) -> str:
+        if self.head_kind is None:
+            return f"no head; the model's output is {self.norm_path}(" + ("h_L)" if self.norm_before_pool else
+                                                                          "h_L[CLS])")
+        formula = self.head_formula.replace("n_l", f"{self.norm_path}(h_l)")
+        return formula + ("" if self.final_norm else f"; {self.norm_path} skipped for l < L")
+
+    def no_readout_reason(self) -> str:
+        return (f"{self.name} is a bare {type(self.model).__name__} without a classification head, so there is no "
+                "last-layer classifier to read its layers with; features and similarity are shown. Load it as "
+                "*ForImageClassification (e.g. ViTForImageClassification) to see the readout.")
+
+    # -- inputs
+    def _images(self, batch) -> torch.Tensor:
+        return check_images(batch, self.image_shape, self.dtype, self.device, self.name)
+
+    def probe_batch(self) -> torch.Tensor:
+        return torch.randn(2, *self.image_shape, generator=torch.Generator().manual_seed(0))
+
+    def run_model(self, batch):
+        return self.model(pixel_values=self._images(batch))
+
+    def logits(self, batch) -> torch.Tensor:
+        self._require_readout()
+        return self.run_model(batch).logits
+
+    # -- blocks
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        states, _ = self._block_outputs({"pixel_values": self._images(batch)}, check_upto(upto, self.num_layers))
+        states = torch.stack(states)
+        mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=states.device)
+        return Hidden(states, mask, num_prefix=self.num_prefix)
+
+    def begin(self, batch) -> BlockState:
+        tokens, rest, kwargs = self._block_state_parts(*self._block_entry({"pixel_values": self._images(batch)}))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return BlockState(tokens, 0, mask, torch.arange(tokens.shape[0], device=tokens.device),
+                          num_prefix=self.num_prefix, block_args=rest, block_kwargs=kwargs)
+
+    def final_features(self, hidden: Hidden, batch):
+        out = self.base(pixel_values=self._images(batch))
+        last = hidden.states[-1]
+        if self.norm_before_pool:
+            return self.norm(last), out.last_hidden_state
+        return self.norm(last[:, 0]), out.pooler_output
+
+    # -- the head
+    def norm(self, h):
+        return self.norm_module(h)
+
+    def _head_vectors(self, hidden: Hidden, numbers: list, pooling: str) -> torch.Tensor:
+        if self.head_tokens == 1:
+            return super()._head_vectors(hidden, numbers, pooling)
+        normed = self._normed_tokens(hidden, numbers)
+        if self.head_kind == "cls+distillation":
+            return normed.states[:, :, :2]  # (L', n, 2, d): class and distillation tokens
+        return torch.stack([normed.states[:, :, 0], self.pool(normed, "mean")], dim=2)  # class token, patch mean
+
+    def head_linear(self):
+        return self._heads[0] if self.head_kind == "cls" else None
+
+    def classifier_module(self):
+        return self._heads[0] if self.head_kind is not None else None
+
+    def _head(self, normed):
+        if self.head_kind == "cls+distillation":  # as the model in eval: the mean of its two heads
+            return (self._heads[0](normed[..., 0, :]) + self._heads[1](normed[..., 1, :])) / 2
+        if self.head_kind == "cls+mean":
+            return self._heads[0](normed.flatten(-2))
+        return self._heads[0](normed)
