@@ -549,9 +549,76 @@ def test_adapters_never_ask_for_the_model_family():
 
 
 def test_encoder_decoder_models_are_named_as_such():
-    config = transformers.T5Config(vocab_size=100, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
-    with pytest.raises(ValueError, match="encoder-decoder family"):
-        adapt(transformers.T5EncoderModel(config))
+    config = transformers.BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                     decoder_ffn_dim=32)
+    with pytest.raises(ValueError, match=r"BartModel belongs to an encoder-decoder family \(bart\) whose layers "
+                                         r"layersim does not read; of encoder-decoder models it reads the encoder "
+                                         r"stack of T5EncoderModel, T5Model"):
+        adapt(transformers.BartModel(config))
+
+
+def tiny_t5(cls=transformers.T5ForConditionalGeneration):
+    torch.manual_seed(0)
+    model = cls(transformers.T5Config(vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=3,
+                                      num_decoder_layers=2, num_heads=2)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.3, 2.0)
+    return model
+
+
+def tiny_whisper(cls=transformers.WhisperForConditionalGeneration):
+    torch.manual_seed(0)
+    model = cls(transformers.WhisperConfig(
+        vocab_size=100, num_mel_bins=8, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.3, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["t5", "t5-encoder", "whisper", "whisper-model"])
+def test_encoder_stacks_are_read_block_by_block_and_their_final_norm_is_their_output(kind):
+    """Layer l of the encoder stack is Hugging Face's hidden_states[l] for l < L; Hugging Face's last entry is the
+    stack's output, after its final norm: the adapter's norm on layer L. The structure names what is read."""
+    if kind.startswith("t5"):
+        model = tiny_t5(transformers.T5EncoderModel if kind == "t5-encoder" else transformers.T5ForConditionalGeneration)
+        mask = torch.ones(3, 9, dtype=torch.long)
+        mask[2, 6:] = 0
+        batch = {"input_ids": torch.randint(0, 100, (3, 9), generator=torch.Generator().manual_seed(1)),
+                 "attention_mask": mask}
+    else:
+        model = tiny_whisper(transformers.WhisperModel if kind == "whisper-model" else
+                             transformers.WhisperForConditionalGeneration)
+        batch = torch.randn(3, 8, 32, generator=torch.Generator().manual_seed(1))
+    adapter = adapt(model)
+    encoder = model.get_encoder()
+    with torch.no_grad():
+        own = encoder(**batch, output_hidden_states=True) if isinstance(batch, dict) else \
+            encoder(input_features=batch, output_hidden_states=True)
+        hidden = adapter.hidden_states(batch)
+        real = hidden.mask
+        for l in range(1, 3):
+            assert torch.allclose(hidden.states[l - 1][real], own.hidden_states[l][real], atol=1e-5)
+        assert torch.allclose(adapter.norm(hidden.states[-1])[real], own.last_hidden_state[real], atol=1e-5)
+        assert not torch.allclose(hidden.states[-1][real], own.last_hidden_state[real], atol=1e-3)  # raw: not normed
+    structure = adapter.structure()
+    assert not adapter.has_readout and structure["head"] == "none (the decoder reads the encoder)"
+    assert structure["read"].endswith("(its decoder is not read)") == (kind != "t5-encoder")
+    assert "after block L (layer l: the raw output of block l)" in structure["final norm at"]
+    if kind.startswith("t5"):
+        with pytest.raises(NotImplementedError, match="relative position bias"):
+            adapter.begin(batch)
+    else:
+        with pytest.raises(ValueError, match=r"expected log-mel features of shape \(batch, 8, 32\)"):
+            adapter.hidden_states(torch.randn(3, 8, 30))
+        with pytest.raises(ValueError, match="expects floating-point log-mel features"):
+            adapter.hidden_states(torch.ones(3, 8, 32, dtype=torch.long))
 
 
 # ---- bad input to models (issue 8) -------------------------------------------------------------------------

@@ -200,6 +200,20 @@ window.addEventListener('load', () => { for (const img of document.images)
         assert loaded and int(loaded.group(1)) > 100, f"figure did not load: {img[:200]}"
 
 
+@pytest.mark.parametrize("data, message", [
+    (None, r"reads audio and there is no offline audio source: give an \(N, 8, 32\) float tensor of log-mel "
+           r"features \(a WhisperFeatureExtractor's input_features, padded to 32 frames\) \(got no data\)"),
+    ("reviews", r"no offline audio source: .* \(got 'reviews'\)"),
+    (torch.randn(3, 8, 30), r"reads an \(N, 8, 32\) float tensor .*; the data are a torch.float32 tensor of shape "
+                            r"\(3, 8, 30\)"),
+    (torch.ones(3, 8, 32, dtype=torch.long), r"the data are a torch.int64 tensor"),
+    (torch.randn(0, 8, 32), r"is empty"),
+])
+def test_audio_encoder_takes_log_mel_tensors_and_says_what_was_wrong(data, message):
+    with pytest.raises(ReportError, match=message):
+        report(family_models()["whisper"][0], data, progress=False)
+
+
 # ---- coverage: every family either gives correct numbers or a clear refusal --------------------------------
 @functools.lru_cache(maxsize=1)
 def family_models():
@@ -241,6 +255,15 @@ def family_models():
         "dinov2-bare": (t.Dinov2Model(t.Dinov2Config(**vit)), images),
         "clip-vision": (t.CLIPVisionModel(t.CLIPVisionConfig(**{k: v for k, v in vit.items() if k != "num_labels"})),
                         images),
+        "t5": (t.T5ForConditionalGeneration(t.T5Config(vocab_size=V, d_model=32, d_kv=16, d_ff=64, num_layers=3,
+                                                         num_decoder_layers=1, num_heads=2)), ids),
+        "t5-encoder": (t.T5EncoderModel(t.T5Config(vocab_size=V, d_model=32, d_kv=16, d_ff=64, num_layers=3,
+                                                   num_heads=2)), ids),
+        "whisper": (t.WhisperForConditionalGeneration(t.WhisperConfig(
+            vocab_size=V, num_mel_bins=8, d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+            max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
+            torch.randn(4, 8, 32, generator=torch.Generator().manual_seed(4))),
         "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                                        embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
         "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
@@ -251,13 +274,15 @@ def family_models():
 
 
 FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "bert", "roberta", "distilbert", "vit-hf",
-            "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "clip-vision", "timm-vit",
-            "timm-deit-distilled"]
+            "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "clip-vision", "t5", "t5-encoder",
+            "whisper", "timm-vit", "timm-deit-distilled"]
 LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt")
 REFUSED = {}
 # features and similarity only: what the report says instead of a readout
 BARE = {"vit-hf-bare": "bare ViTModel without a classification head", "dinov2-bare": "bare Dinov2Model without",
-        "clip-vision": "bare CLIPVisionModel without a classification head"}
+        "clip-vision": "bare CLIPVisionModel without a classification head",
+        "t5": "read as the encoder stack of an encoder-decoder model (t5): its decoder, not a classifier, reads it",
+        "t5-encoder": "T5EncoderModel is read as the encoder stack", "whisper": "encoder-decoder model (whisper)"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

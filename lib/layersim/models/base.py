@@ -268,7 +268,8 @@ class LayerAdapter(metaclass=_SelfChecked):
     def structure(self) -> dict:
         """How this model is read, for people: family, blocks, final norm, head, pooling, pre/post-norm."""
         return {"adapter": type(self).__name__, "blocks": self.num_layers, "width": self.width,
-                "classes": self.num_classes, "pooling read by the head": self.readout_pooling,
+                "classes": self.num_classes,
+                "pooling read by the head": self.readout_pooling if self.has_readout else "no head",
                 "norm before pooling": self.norm_before_pool,
                 "final norm": "yes (pre-norm)" if self.has_final_norm else "none (post-norm)",
                 "readout": self.readout_formula()}

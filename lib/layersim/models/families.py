@@ -74,8 +74,11 @@ VISION_CLASSES = {"ViTModel": None, "ViTForImageClassification": "cls",
                   "CLIPVisionModel": None}
 # the final norm of a vision transformer: (path, True when it normalises the sequence, False the pooled class token)
 VISION_NORMS = (("layernorm", True), ("post_layernorm", False))
-# encoder-decoder families whose encoder stack is read: model_type -> (final norm of the stack, what it reads)
-ENCODER_STACKS = {"t5": ("final_layer_norm", "text"), "whisper": ("layer_norm", "audio")}
+# encoder-decoder classes whose encoder stack (``get_encoder()``) is read: class name -> (the stack's final
+# norm, what it reads)
+ENCODER_STACKS = {"T5EncoderModel": ("final_layer_norm", "text"), "T5Model": ("final_layer_norm", "text"),
+                  "T5ForConditionalGeneration": ("final_layer_norm", "text"),
+                  "WhisperModel": ("layer_norm", "audio"), "WhisperForConditionalGeneration": ("layer_norm", "audio")}
 
 
 def vision_head(model: nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .base import BlockState, Hidden, check_upto
 from .families import find_blocks
 
 
@@ -20,9 +21,41 @@ class StopForward(Exception):
 class HFBlocks:
     """Mixin for `LayerAdapter` subclasses over a Hugging Face model. ``_find_blocks(base)`` sets ``base`` (the
     module whose forward runs the blocks: the base model, or an encoder stack) and its blocks; ``call_kwargs``
-    go to every call of ``base``."""
+    go to every call of ``base``; ``_model_inputs(batch)`` turns a batch into the keyword arguments of ``base``
+    (``input_ids`` and ``attention_mask`` for text, ``pixel_values``, ``input_features``)."""
 
     call_kwargs: dict = {}
+    num_prefix = 0  # leading non-content tokens (vision: class, distillation and register tokens)
+
+    def _model_inputs(self, batch) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def _mask(inputs: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool, True at real tokens: the attention mask of a text batch, else every token."""
+        mask = inputs.get("attention_mask")
+        return mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
+        inputs = self._model_inputs(batch)
+        states, _ = self._block_outputs(inputs, check_upto(upto, self.num_layers))
+        states = torch.stack(states)
+        return Hidden(states, self._mask(inputs, states[0]), input_ids=inputs.get("input_ids"),
+                      num_prefix=self.num_prefix)
+
+    def begin(self, batch) -> BlockState:
+        """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
+        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
+        inputs = self._model_inputs(batch)
+        tokens, rest, kwargs = self._block_state_parts(*self._block_entry(inputs))
+        return BlockState(tokens, 0, self._mask(inputs, tokens), torch.arange(tokens.shape[0], device=tokens.device),
+                          input_ids=inputs.get("input_ids"), num_prefix=self.num_prefix, block_args=rest,
+                          block_kwargs=kwargs)
+
+    def final_features(self, hidden: Hidden, batch):
+        """(the final norm on layer L, the model's own last_hidden_state), at real tokens (see the self-check)."""
+        own = self.base(**self._model_inputs(batch), **self.call_kwargs).last_hidden_state
+        return self.norm(hidden.states[-1])[hidden.mask], own[hidden.mask]
 
     def _find_blocks(self, base: nn.Module) -> None:
         self.base = base

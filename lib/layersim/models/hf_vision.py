@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import BlockState, Hidden, LayerAdapter, check_upto
+from .base import Hidden, LayerAdapter
 from .families import vision_head, vision_norm, vision_prefix_tokens
 from .hf_blocks import HFBlocks
 from .inputs import check_images
@@ -72,31 +72,20 @@ class HFVision(HFBlocks, LayerAdapter):
         return torch.randn(2, *self.image_shape, generator=torch.Generator().manual_seed(0))
 
     def run_model(self, batch):
-        return self.model(pixel_values=self._images(batch))
+        return self.model(**self._model_inputs(batch))
 
     def logits(self, batch) -> torch.Tensor:
         self._require_readout()
         return self.run_model(batch).logits
 
-    # -- blocks
-    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
-        states, _ = self._block_outputs({"pixel_values": self._images(batch)}, check_upto(upto, self.num_layers))
-        states = torch.stack(states)
-        mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=states.device)
-        return Hidden(states, mask, num_prefix=self.num_prefix)
-
-    def begin(self, batch) -> BlockState:
-        tokens, rest, kwargs = self._block_state_parts(*self._block_entry({"pixel_values": self._images(batch)}))
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return BlockState(tokens, 0, mask, torch.arange(tokens.shape[0], device=tokens.device),
-                          num_prefix=self.num_prefix, block_args=rest, block_kwargs=kwargs)
+    def _model_inputs(self, batch) -> dict:
+        return {"pixel_values": self._images(batch)}
 
     def final_features(self, hidden: Hidden, batch):
-        out = self.base(pixel_values=self._images(batch))
-        last = hidden.states[-1]
         if self.norm_before_pool:
-            return self.norm(last), out.last_hidden_state
-        return self.norm(last[:, 0]), out.pooler_output
+            return super().final_features(hidden, batch)
+        own = self.base(**self._model_inputs(batch)).pooler_output  # CLIP: post_layernorm of the class token
+        return self.norm(hidden.states[-1][:, 0]), own
 
     # -- the head
     def norm(self, h):

@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 
 from .base import LayerAdapter
-from .families import is_causal_lm_type, is_encoder_type, is_seq2seq_type
+from .families import ENCODER_STACKS, VISION_CLASSES, is_causal_lm_type, is_encoder_type, is_seq2seq_type
 from .hf_vision import HFVision
+from .stacks import T5EncoderStack, WhisperEncoderStack
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import VisionTransformer
@@ -96,8 +97,12 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, final
 
 # ---- loaders -------------------------------------------------------------------------------------------
 def _hf_classes(config, num_labels):
+    import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    first = (config.architectures or [None])[0]
+    if first in VISION_CLASSES or first in ENCODER_STACKS:  # read as saved: a vision model, an encoder stack
+        return getattr(transformers, first)
     architectures = " ".join(config.architectures or [])
     if "ForCausalLM" in architectures or "LMHeadModel" in architectures or not is_encoder_type(config.model_type):
         return AutoModelForCausalLM
@@ -114,7 +119,8 @@ def _hf_from_pretrained(name: str, num_labels: int | None = None, **hub_kwargs):
     cls = _hf_classes(config, num_labels)
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     model = cls.from_pretrained(name, **extra, **hub_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
+    reads_text = cls.__name__ not in VISION_CLASSES and ENCODER_STACKS.get(cls.__name__, (None, "text"))[1] == "text"
+    tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs) if reads_text else None
     return model.eval(), tokenizer
 
 
@@ -242,8 +248,8 @@ def _load_by_hub_name(name: str, *, num_labels, final_norm, **text_kwargs) -> La
 
 # ---- choosing an adapter -------------------------------------------------------------------------------
 def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
-    """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer
-    (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
+    """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer,
+    the encoder stack of a T5 or Whisper model (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
@@ -256,11 +262,17 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         cls_name = type(model).__name__
         if getattr(model, "main_input_name", None) == "pixel_values":
             return HFVision(model, **kwargs)
+        if cls_name in ENCODER_STACKS:
+            if ENCODER_STACKS[cls_name][1] == "audio":
+                return WhisperEncoderStack(model, **kwargs)
+            return T5EncoderStack(model, tokenizer, **kwargs)
         if cls_name.endswith(("ForCausalLM", "LMHeadModel")):
             return HFCausalLM(model, tokenizer, **kwargs)
         if getattr(model.config, "is_encoder_decoder", False) or is_seq2seq_type(model.config.model_type):
-            raise ValueError(f"{cls_name} belongs to an encoder-decoder family ({model.config.model_type}), which "
-                             "layersim does not read; supported: encoders (BERT family) and causal LMs")
+            raise ValueError(f"{cls_name} belongs to an encoder-decoder family ({model.config.model_type}) whose "
+                             f"layers layersim does not read; of encoder-decoder models it reads the encoder stack "
+                             f"of {', '.join(ENCODER_STACKS)}. For another, subclass layersim.models.LayerAdapter "
+                             "(README, 'Your own model')")
         if getattr(model.config, "is_decoder", False):
             raise ValueError(f"{cls_name} is configured as a decoder: load it with AutoModelForCausalLM")
         if cls_name.endswith("ForSequenceClassification") or cls_name.endswith("Model"):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..storage import stable_hash
-from .base import BlockState, Hidden, LayerAdapter, check_upto
+from .base import BlockState, Hidden, LayerAdapter
 from .families import find_encoder_head, find_final_norm, find_projection, logit_rescaling, per_layer_attention
 from .hf_blocks import HFBlocks
 from ..validate import whole_number
@@ -131,21 +131,14 @@ class _HFText(HFBlocks, LayerAdapter):
         return self.model(**self.encode(batch), **self.call_kwargs)
 
     # -- blocks
-    def hidden_states(self, batch, upto: int | None = None) -> Hidden:
-        enc = self.encode(batch)
-        states, _ = self._block_outputs(enc, check_upto(upto, self.num_layers))
-        return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
+    def _model_inputs(self, batch) -> dict:
+        return self.encode(batch)
 
     def begin(self, batch) -> BlockState:
-        """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
-        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
         if per_layer_attention(self.model.config):
             raise NotImplementedError(f"{self.name}: its blocks take different attention masks (sliding windows), "
                                       "so it cannot be stepped block by block with one set of arguments")
-        enc = self.encode(batch)
-        tokens, rest, kwargs = self._block_state_parts(*self._block_entry(enc))
-        return BlockState(tokens, 0, enc["attention_mask"].bool(), torch.arange(tokens.shape[0], device=tokens.device),
-                          input_ids=enc["input_ids"], block_args=rest, block_kwargs=kwargs)
+        return super().begin(batch)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -213,11 +206,6 @@ class HFEncoder(_HFText):
 
     def classifier_module(self):
         return getattr(self.model, "classifier", None)
-
-    def final_features(self, hidden: Hidden, batch):
-        """A bare encoder: its final norm on layer L equals its own last_hidden_state (at real tokens)."""
-        out = self.base(**self.encode(batch), **self.call_kwargs)
-        return self.norm(hidden.states[-1])[hidden.mask], out.last_hidden_state[hidden.mask]
 
     def _head(self, normed):
         logits = self._sequence_head(normed)

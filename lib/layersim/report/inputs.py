@@ -84,6 +84,8 @@ def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_
     labels = None
     if isinstance(data, tuple) and len(data) == 2:
         data, labels = data
+    if kind == "audio":
+        return _audio_inputs(adapter, data, n, batch_size or 8)
     if data is None:
         data = {"lm": "english", "text": "reviews"}.get(kind) or _default_images(adapter)
     if isinstance(data, (str, Path)):
@@ -173,13 +175,14 @@ def _image_folder(path: Path):
     return torch.stack(images), labels, [d.name for d in subdirs]
 
 
-def _expected_image_shape(adapter) -> tuple:
+def _expected_shape(adapter) -> tuple:
+    """The shape of one input the adapter reads (images (C, H, W), log-mel features (mel, frames))."""
     probe = adapter.probe_batch()
     return tuple(probe.shape[1:])
 
 
 def _default_images(adapter) -> str:
-    c, h, w = _expected_image_shape(adapter)
+    c, h, w = _expected_shape(adapter)
     return "digits" if (h, w) == (8, 8) else "fashion-mnist"
 
 
@@ -190,7 +193,7 @@ def _image_inputs(adapter, data, labels, source, classes, size) -> Inputs:
         raise ReportError(f"{adapter.name} reads images (N, C, H, W), but the data are {what}")
     data = data.float()
     notes = []
-    c, h, w = _expected_image_shape(adapter)
+    c, h, w = _expected_shape(adapter)
     if tuple(data.shape[1:]) != (c, h, w):
         notes.append(f"images of shape {tuple(data.shape[1:])} were resized to the model's ({c}, {h}, {w})"
                      + (" and their channels repeated" if data.shape[1] == 1 and c != 1 else ""))
@@ -200,6 +203,25 @@ def _image_inputs(adapter, data, labels, source, classes, size) -> Inputs:
     use = _labels_fit(adapter, labels, classes, notes)
     batches = [(data[i:i + size], use[i:i + size] if use is not None else None) for i in range(0, len(data), size)]
     return Inputs(batches, len(data), source, use is not None, classes, notes=notes)
+
+
+def _audio_inputs(adapter, data, n, size) -> Inputs:
+    """An audio encoder's inputs: an (N, mel bins, frames) float tensor from Python (no offline audio source)."""
+    mel, frames = _expected_shape(adapter)
+    want = (f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's input_features, "
+            f"padded to {frames} frames)")
+    if not isinstance(data, torch.Tensor):
+        what = "no data" if data is None else repr(str(data)) if isinstance(data, (str, Path)) else type(data).__name__
+        raise ReportError(f"{adapter.name} reads audio and there is no offline audio source: give {want} "
+                          f"(got {what})")
+    if data.dim() != 3 or tuple(data.shape[1:]) != (mel, frames) or not data.is_floating_point():
+        raise ReportError(f"{adapter.name} reads {want}; the data are a {data.dtype} tensor of shape "
+                          f"{tuple(data.shape)}")
+    data = data[:n] if n is not None else data
+    if len(data) == 0:
+        raise ReportError("the data set (given Tensor) is empty: nothing to analyse")
+    batches = [(data[i:i + size], None) for i in range(0, len(data), size)]
+    return Inputs(batches, len(data), f"given Tensor of log-mel features {tuple(data.shape)}")
 
 
 def _labels_fit(adapter, labels, classes, notes):
