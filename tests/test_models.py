@@ -845,3 +845,34 @@ def test_hf_vision_backbones_are_checked_against_their_own_output():
     assert adapter.num_prefix == 2 and adapter.head_tokens == 2
     with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 16, 16\)"):
         adapter.hidden_states(torch.randn(2, 3, 32, 32))
+
+
+def test_gemma2_soft_capping_is_read_at_every_layer_and_never_fused_away(monkeypatch):
+    """Gemma-2's head is cap * tanh(lm_head(norm(h)) / cap): the reader applies the cap on every layer (layer L is
+    the model's own logits), so the head does not end in one linear layer and the losses form the capped
+    logits instead of fusing lm_head with the cross-entropy (which would drop the cap); fused=True is refused."""
+    from layersim import losses
+
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
+        final_logit_softcapping=2.0)).eval()
+    adapter = adapt(model)  # self-checked: layer L equals the model's soft-capped logits
+    assert adapter.reader.linear(1) is None and adapter.readout_formula() == "2 * tanh(lm_head(norm(h_l)) / 2)"
+    assert "soft-capped at 2" in adapter.structure()["head"]
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    hidden = adapter.hidden_states({"input_ids": ids})
+    vectors = adapter.head_inputs(hidden).detach()
+    targets = adapter.targets(hidden)
+    read = adapter.read(hidden)
+    assert read.abs().max() <= 2.0  # every layer is capped, not only layer L
+    uncapped = model.lm_head(adapter.norm(vectors[0]))
+    assert uncapped.abs().max() > 2.0 and torch.allclose(read[0], torch.tanh(uncapped / 2) * 2, atol=1e-6)
+    monkeypatch.setattr(losses, "FUSE_ABOVE_ELEMENTS", 0)  # a vocabulary large enough to fuse, were it linear
+    weights = losses.aligned_weights(3)
+    loss = losses.readout_cross_entropy(vectors, adapter.reader, targets, weights).loss
+    expected = sum(w * torch.nn.functional.cross_entropy(r, targets) for w, r in zip(weights, read))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="fused=True needs a reader whose last step is one linear layer"):
+        losses.layer_loss(vectors[0], adapter.reader, 1, targets, fused=True)

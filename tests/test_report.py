@@ -243,7 +243,32 @@ def family_models():
         "opt": (t.OPTForCausalLM(t.OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3, ffn_dim=64,
                                              num_attention_heads=2, word_embed_proj_dim=16, init_std=0.2,
                                              max_position_embeddings=64)), ids),
+        "phi3": (t.Phi3ForCausalLM(t.Phi3Config(**dec, num_key_value_heads=1, pad_token_id=0)), ids),
+        "gemma": (t.GemmaForCausalLM(t.GemmaConfig(**dec, num_key_value_heads=1, head_dim=16)), ids),
+        "gemma2": (t.Gemma2ForCausalLM(t.Gemma2Config(**dec, num_key_value_heads=1, head_dim=16,
+                                                      final_logit_softcapping=2.0)), ids),
+        "falcon": (t.FalconForCausalLM(t.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=3,
+                                                      num_attention_heads=2, initializer_range=0.2)), ids),
+        "bloom": (t.BloomForCausalLM(t.BloomConfig(vocab_size=V, hidden_size=32, n_layer=3, n_head=2,
+                                                   initializer_range=0.2)), ids),
+        "gpt-j": (t.GPTJForCausalLM(t.GPTJConfig(vocab_size=V, n_embd=32, n_layer=3, n_head=2, rotary_dim=8,
+                                                 n_positions=64, initializer_range=0.2)), ids),
+        "mpt": (t.MptForCausalLM(t.MptConfig(vocab_size=V, d_model=32, n_layers=3, n_heads=2, max_seq_len=64,
+                                             initializer_range=0.2)), ids),
+        "cohere": (t.CohereForCausalLM(t.CohereConfig(**dec, num_key_value_heads=1, pad_token_id=0, bos_token_id=1,
+                                                      eos_token_id=2)), ids),
+        "bart": (t.BartForConditionalGeneration(t.BartConfig(vocab_size=V, d_model=32, encoder_layers=3,
+                                                             decoder_layers=1, encoder_attention_heads=2,
+                                                             decoder_attention_heads=2, encoder_ffn_dim=64,
+                                                             decoder_ffn_dim=64)), ids),
         "bert": (t.BertForSequenceClassification(t.BertConfig(**enc)), ids),
+        "deberta-v2": (t.DebertaV2ForSequenceClassification(t.DebertaV2Config(**enc, max_position_embeddings=64)),
+                       ids),
+        "electra": (t.ElectraForSequenceClassification(t.ElectraConfig(**enc, embedding_size=16,
+                                                                       max_position_embeddings=64)), ids),
+        "modernbert": (t.ModernBertForSequenceClassification(t.ModernBertConfig(**enc)), ids),
+        "xlm-roberta": (t.XLMRobertaForSequenceClassification(t.XLMRobertaConfig(**enc, max_position_embeddings=64)),
+                        ids),
         "roberta": (t.RobertaForSequenceClassification(t.RobertaConfig(**enc, max_position_embeddings=64)), ids),
         "distilbert": (t.DistilBertForSequenceClassification(t.DistilBertConfig(
             vocab_size=V, dim=32, n_layers=3, n_heads=2, hidden_dim=64, num_labels=3, pad_token_id=0)), ids),
@@ -273,11 +298,17 @@ def family_models():
     return {name: (randomize_norms(model), x) for name, (model, x) in models.items()}
 
 
-FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "bert", "roberta", "distilbert", "vit-hf",
+FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "phi3", "gemma", "gemma2", "falcon", "bloom",
+            "gpt-j", "mpt", "cohere", "bart", "bert", "roberta", "distilbert", "deberta-v2", "electra", "modernbert", "xlm-roberta",
+            "vit-hf",
             "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "clip-vision", "t5", "t5-encoder",
             "whisper", "timm-vit", "timm-deit-distilled"]
-LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt")
-REFUSED = {}
+LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "phi3", "gemma", "gemma2", "falcon", "bloom", "gpt-j",
+       "mpt")
+REFUSED = {"cohere": "CohereForCausalLM rescales its logits after lm_head (logit_scale=0.0625), which layersim "
+                     "does not reproduce yet: add that step to HFCausalLM._head",
+           "bart": "BartForConditionalGeneration belongs to an encoder-decoder family (bart) whose layers layersim "
+                   "does not read; of encoder-decoder models it reads the encoder stack of T5EncoderModel"}
 # features and similarity only: what the report says instead of a readout
 BARE = {"vit-hf-bare": "bare ViTModel without a classification head", "dinov2-bare": "bare Dinov2Model without",
         "clip-vision": "bare CLIPVisionModel without a classification head",

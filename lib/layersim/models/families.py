@@ -122,9 +122,16 @@ def vision_prefix_tokens(embeddings: nn.Module) -> int:
     return count + (registers.shape[1] if isinstance(registers, torch.Tensor) else 0)
 
 
+def logit_softcap(config) -> float | None:
+    """The cap of Gemma-2-style logit soft-capping (logits = cap * tanh(logits / cap) after the LM head), or None."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    return None if cap in (None, 0) else float(cap)
+
+
 def logit_rescaling(config) -> str | None:
-    """A description of what the model does to its logits after the LM head, or None when nothing."""
-    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
+    """A description of what the model does to its logits after the LM head other than soft-capping (which
+    `logit_softcap` gives and the causal-LM reader reproduces), or None when nothing."""
+    for name in ("logit_scale", "output_multiplier_scale", "logits_scaling"):
         value = getattr(config, name, None)
         if value not in (None, 1, 1.0):
             return f"{name}={value}"

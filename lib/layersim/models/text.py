@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..storage import stable_hash
 from .base import BlockState, Hidden, LayerAdapter
-from .families import find_encoder_head, find_final_norm, find_projection, logit_rescaling, per_layer_attention
+from .families import (find_encoder_head, find_final_norm, find_projection, logit_rescaling, logit_softcap,
+                       per_layer_attention)
 from .hf_blocks import HFBlocks
 from ..validate import whole_number
 
@@ -217,11 +218,12 @@ class HFEncoder(_HFText):
 
 
 class HFCausalLM(_HFText):
-    """Adapter for Hugging Face causal LMs (GPT-2, Llama-style incl. SmolLM2, GPT-NeoX, OPT, MPT, ...).
+    """Adapter for Hugging Face causal LMs (GPT-2, Llama-style incl. SmolLM2, GPT-NeoX, OPT, MPT, Gemma-2, ...).
 
     Every token position is a sample (pooling "tokens", the readout pooling); its target is the next token.
     Readout of layer l: ``lm_head(norm(h_l))`` with the model's final norm (``ln_f`` for GPT-2, ``norm`` for
-    Llama, ...; OPT's ``project_out`` after it where it has one) when ``final_norm=True`` (default);
+    Llama, ...; OPT's ``project_out`` after it where it has one; Gemma-2's soft-capping of the logits,
+    ``cap * tanh(logits / cap)``, after lm_head) when ``final_norm=True`` (default);
     ``lm_head(h_l)`` for l < L when False, as the authors' GPT-2 code (layer L is always the model's own
     prediction). `norm=` names the final norm where the lookup does not find it.
     """
@@ -247,8 +249,10 @@ class HFCausalLM(_HFText):
                              "None); load it with AutoModelForCausalLM, not AutoModel")
         rescaling = logit_rescaling(model.config)
         if rescaling is not None:
-            raise ValueError(f"{type(model).__name__} rescales its logits after lm_head ({rescaling}), which this "
-                             "adapter does not reproduce; write a LayerAdapter subclass")
+            raise ValueError(f"{type(model).__name__} rescales its logits after lm_head ({rescaling}), which layersim "
+                             "does not reproduce yet: add that step to HFCausalLM._head (as Gemma-2's soft-capping "
+                             "is), or write a LayerAdapter subclass")
+        self.softcap = logit_softcap(model.config)  # Gemma-2: the head ends in cap * tanh(logits / cap)
         self.num_classes = self.head.out_features
         if tokenizer is not None and len(tokenizer) > self.num_classes:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {self.name} reads out only "
@@ -281,6 +285,8 @@ class HFCausalLM(_HFText):
 
     def readout_formula(self) -> str:
         head = f"lm_head({self.projection_path}(·))" if self.projection is not None else "lm_head(·)"
+        if self.softcap is not None:
+            head = f"{self.softcap:g} * tanh({head} / {self.softcap:g})"
         if not self.has_final_norm:
             return head.replace("·", "h_l") + " (no final norm)"
         normed = head.replace("·", f"{self.norm_path}(h_l)")
@@ -291,7 +297,8 @@ class HFCausalLM(_HFText):
 
     def structure(self) -> dict:
         return {**super().structure(), "final norm at": self.norm_path, "head": "lm_head"
-                + (f" after {self.projection_path}" if self.projection is not None else "")}
+                + (f" after {self.projection_path}" if self.projection is not None else "")
+                + (f", logits soft-capped at {self.softcap:g}" if self.softcap is not None else "")}
 
     def sample_mask(self, hidden: Hidden, pooling: str) -> torch.Tensor:
         """(B, T) bool: real positions whose next position is real too (each has a next-token target)."""
@@ -320,7 +327,9 @@ class HFCausalLM(_HFText):
                                   "exits); for a fixed exit layer use hidden_states(batch, upto=l)")
 
     def head_linear(self):
-        return self.head if isinstance(self.head, nn.Linear) else None
+        """lm_head, where the head ends in it; None after soft-capping (the head's last step is not linear, so a
+        loss cannot fuse it: `layersim.losses` forms its logits instead)."""
+        return self.head if isinstance(self.head, nn.Linear) and self.softcap is None else None
 
     def classifier_module(self):
         return self.head
@@ -329,4 +338,7 @@ class HFCausalLM(_HFText):
         return self.projection(normed) if self.projection is not None else normed
 
     def _head(self, normed):
-        return self.head(self._pre_linear(normed))
+        logits = self.head(self._pre_linear(normed))
+        if self.softcap is None:
+            return logits
+        return torch.tanh(logits / self.softcap) * self.softcap  # as the model's forward
