@@ -110,6 +110,71 @@ def test_bare_backbone_gets_features_and_says_why_there_is_no_readout(wordpiece)
     assert set(r.figures) == {"similarity", "to_last"} and torch.tensor(r.numbers["cos"]).shape == (3, 3)
 
 
+def test_layer_0_is_the_models_own_embedding_output(wordpiece, bpe, tmp_path):
+    """With embeddings=True the similarity starts at the embedding output, layer 0, read in the same forward as
+    the blocks: for a bare BERT (post-norm: Hugging Face's hidden states are the raw block outputs) the report's
+    (L+1, L+1) COS and CKA are those of Hugging Face's output_hidden_states, mean-pooled over real tokens."""
+    from layersim.metrics import cka, cos_similarity
+    from layersim.models import adapt
+
+    model = tiny_bert(wordpiece, head=False)
+    texts = [f"text number {i} is {'short' if i % 3 else 'a little longer than the others'}" for i in range(9)]
+    r = report((model, wordpiece), texts, feature_norm="raw", embeddings=True, progress=False)
+    enc = wordpiece(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        own = model(**enc, output_hidden_states=True).hidden_states  # L + 1: embedding output, blocks 1..L
+    weights = enc["attention_mask"][None, :, :, None].double()
+    pooled = (torch.stack(own).double() * weights).sum(2) / weights.sum(2)  # (L+1, n, d)
+    assert r.numbers["first_layer"] == 0 and len(r.numbers["cos_to_last"]) == 4 and not r.numbers["readout"]
+    matrix = functools.partial(torch.tensor, dtype=torch.float64)
+    assert torch.allclose(matrix(r.numbers["cos"]), cos_similarity(pooled), atol=1e-6)
+    assert torch.allclose(matrix(r.numbers["cka"]), cka(pooled), atol=1e-6)
+    plain = report((model, wordpiece), texts, feature_norm="raw", progress=False)
+    assert torch.allclose(matrix(r.numbers["cos"])[1:, 1:], matrix(plain.numbers["cos"]), atol=1e-9)
+    from layersim.extract import extract
+
+    first, again = (extract(HFEncoder(model, wordpiece), texts, pooling="mean", embeddings=True, cache_dir=tmp_path,
+                            progress=False) for _ in range(2))
+    assert again.from_cache and first.embedding.shape == (1, 9, 32)
+    assert torch.allclose(again.embedding.double(), pooled[:1], atol=1e-6) and first.key != extract(
+        HFEncoder(model, wordpiece), texts, pooling="mean", cache_dir=tmp_path, progress=False).key
+    gpt2 = tiny_gpt2(bpe)  # a causal LM, with padding: layer 0 at every real token
+    batch = {"input_ids": torch.randint(0, len(bpe), (2, 7), generator=torch.Generator().manual_seed(3)),
+             "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
+    adapter = adapt(gpt2, bpe)
+    with torch.no_grad():
+        hidden = adapter.hidden_states(batch)
+        first = gpt2(**batch, output_hidden_states=True).hidden_states[0]
+        assert hidden.embedded is not None  # recorded in the same forward as the blocks
+        assert torch.equal(adapter.embedding_output(hidden, batch)[hidden.mask], first[hidden.mask])
+
+
+def test_layer_0_of_vision_models_and_the_class_token(wordpiece):
+    """A Hugging Face ViT records layer 0 in its forward, a timm ViT embeds alone (begin): both equal the model's
+    own embedding output. At the class token layer 0 is one vector for every input: refused with the fix."""
+    from layersim.models import adapt
+
+    models = family_models()
+    x = models["vit-hf"][1]
+    for family in ("vit-hf", "timm-vit"):
+        model = models[family][0]
+        adapter = adapt(model)
+        with torch.no_grad():
+            hidden = adapter.hidden_states(x)
+            if family == "vit-hf":
+                own = model(x, output_hidden_states=True).hidden_states[0]
+            else:
+                own = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+            assert (hidden.embedded is not None) == (family == "vit-hf")
+            assert torch.allclose(adapter.embedding_output(hidden, x), own, atol=1e-6)
+        r = report(model, x, pooling="mean", embeddings=True, progress=False)
+        assert torch.tensor(r.numbers["cka"]).shape == (4, 4) and len(r.numbers["agreement_with_final"]) == 3
+        assert "layer 0 is the embedding output" in r.html()
+    with pytest.raises(ReportError, match=r"layer 0 \(the embedding output\) at the class token is the same vector "
+                                          r"for every input.*use pooling='mean' \(--pooling mean\)"):
+        report(models["vit-hf"][0], x, embeddings=True, progress=False)
+
+
 def test_long_texts_are_truncated_and_counted(wordpiece):
     adapter = HFEncoder(tiny_bert(wordpiece), wordpiece, max_length=16)
     texts = ["short", "word " * 40, "another rather long text " * 10]
@@ -120,12 +185,14 @@ def test_long_texts_are_truncated_and_counted(wordpiece):
 def test_cli_writes_both_files_for_saved_folders(folders, tmp_path):
     text = tmp_path / "lines.txt"
     text.write_text("\n".join(D.load_english_corpus().test[:30]))
-    for name, data in (("gpt2", str(text)), ("bert", "reviews")):
+    for name, data, extra in (("gpt2", str(text), ["--embeddings"]), ("bert", "reviews", [])):
         out = tmp_path / f"report-{name}"
-        assert main([str(folders / name), "--data", data, "--n", "6", "--seq-len", "24", "--out", str(out)]) == 0
+        assert main([str(folders / name), "--data", data, "--n", "6", "--seq-len", "24", "--out", str(out), *extra]) == 0
         assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
         saved = json.loads((out / "report.json").read_text())
-        assert len(saved["cos"]) == len(saved["cka"]) == 3 and len(saved["accuracy"]) == 3
+        layers = 4 if extra else 3  # with --embeddings, layer 0 in the similarity numbers; the readout stays 1..L
+        assert len(saved["cos"]) == len(saved["cka"]) == len(saved["cos_to_last"]) == layers
+        assert saved["first_layer"] == 4 - layers and len(saved["accuracy"]) == 3
         assert saved["info"]["inputs"] == 6
         assert (name == "gpt2") == ("perplexity" in saved)
 

@@ -32,7 +32,7 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -64,6 +64,7 @@ class Extraction:
     final_prob: (L', n) probability that each layer's readout gives to the final layer's prediction.
     topk_ids, topk_probs: (L', n, k) the k most probable classes/tokens per layer and their probabilities.
     label_logprob: (L', n) log-probability of the label at each layer (perplexity = exp(-mean)).
+    embedding: (1, n, d) the pooled embedding output ("layer 0", the input of block 1), with embeddings=True.
     """
 
     layers: list[int]
@@ -75,6 +76,7 @@ class Extraction:
     topk_ids: torch.Tensor | None = None
     topk_probs: torch.Tensor | None = None
     label_logprob: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
     key: str = ""
     path: Path | None = None
     from_cache: bool = False
@@ -85,7 +87,8 @@ class Extraction:
         return self.features.shape[1]
 
 
-FIELDS = ("features", "labels", "logits", "preds", "final_prob", "topk_ids", "topk_probs", "label_logprob")
+FIELDS = ("features", "labels", "logits", "preds", "final_prob", "topk_ids", "topk_probs", "label_logprob",
+          "embedding")
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -291,12 +294,15 @@ def normed_features(adapter: LayerAdapter, features: torch.Tensor, mode: str, la
 
 
 def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, readout, reader, keep_logits, topk,
-                   feature_norm, dtype) -> dict:
+                   feature_norm, dtype, embeddings=False) -> dict:
     """One batch -> {field: tensor} with layered fields (L', b, ...) and 'labels' (b,)."""
     # without a readout only the selected layers are needed: stop after the deepest one
     hidden = adapter.hidden_states(inputs, upto=None if readout else max(index) + 1)
     pooled = adapter.pool(hidden, pooling)  # (L, b, d), raw block outputs
     out = {"features": normed_features(adapter, pooled[index], feature_norm, [i + 1 for i in index]).to(dtype)}
+    if embeddings:  # layer 0, pooled as the features; the final norm only where every layer gets it ("normed")
+        embedded = adapter.pool(replace(hidden, states=adapter.embedding_output(hidden, inputs)[None]), pooling)
+        out["embedding"] = normed_features(adapter, embedded, feature_norm, [0]).to(dtype)
     targets = adapter.targets(hidden, labels, pooling)
     if targets is not None:
         out["labels"] = targets
@@ -322,7 +328,7 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
             keep_logits: bool | None = None, topk: int | None = None, feature_norm: str = "raw",
             batch_size: int = 64, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
             data_key: str | None = None, model_key: str | None = None, mmap: bool = False, verify: bool = True,
-            progress: bool = True, reader=None) -> Extraction:
+            progress: bool = True, reader=None, embeddings: bool = False) -> Extraction:
     """Per-layer features and readouts of `model` over `data`, cached on disk when `cache_dir` is given.
 
     model: a `LayerAdapter` (from `layersim.models.load_model` / `adapt`) or a model `adapt` accepts.
@@ -346,6 +352,8 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     verify: check the cached files' checksums when loading.
     reader: what reads every layer (default the model's own last-layer classifier, ``adapter.reader``; an
         `ExitHeads` for a multi-exit model's own heads, `layersim.models.readers`).
+    embeddings: also keep the pooled embedding output, layer 0 (``Extraction.embedding``, (1, n, d)), recorded
+        in the same forward where the adapter can (``adapter.embedding_output``).
     -> `Extraction` with features (L', n, d) and, with readout, preds/final_prob (L', n) and more.
     """
     adapter = adapt(model)
@@ -370,6 +378,10 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
                 "readout": bool(readout), "keep_logits": bool(keep_logits), "topk": topk,
                 "feature_norm": feature_norm, "dtype": str(dtype), "batch_size": batch_size,
                 "readout_formula": adapter.readout_formula() if readout else None, "reader": reader_id}
+    if not isinstance(embeddings, bool):
+        raise TypeError(f"embeddings must be True or False, got {embeddings!r}")
+    if embeddings:  # (absent otherwise: the keys of existing cache entries stay as they were)
+        settings["embeddings"] = True
 
     def compute(folder: Path | None) -> dict:
         store = _Store(folder) if folder is not None else _MemoryStore()
@@ -380,7 +392,8 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
                                      disable=not progress)
             for inputs, y in bar:
                 out = _process_batch(adapter, inputs, y, pooling=pooling, index=index, readout=readout, reader=reader,
-                                     keep_logits=keep_logits, topk=topk, feature_norm=feature_norm, dtype=dtype)
+                                     keep_logits=keep_logits, topk=topk, feature_norm=feature_norm, dtype=dtype,
+                                     embeddings=embeddings)
                 for name, value in out.items():
                     store.add(name, value, layered=name != "labels")
         if not store.fields:

@@ -59,12 +59,15 @@ class Hidden:
     mask: (B, T) bool, True at real tokens (False at padding).
     input_ids: (B, T) token ids of text models (None for images).
     num_prefix: number of leading non-content tokens (vision: CLS, distillation, register tokens).
+    embedded: (B, T, d) the embedding output ("layer 0": the input of block 1) where the adapter recorded it in
+        the same forward (the Hugging Face adapters), else None (see ``LayerAdapter.embedding_output``).
     """
 
     states: torch.Tensor
     mask: torch.Tensor
     input_ids: torch.Tensor | None = None
     num_prefix: int = 0
+    embedded: torch.Tensor | None = None
 
 
 @dataclass
@@ -285,6 +288,19 @@ class LayerAdapter(metaclass=_SelfChecked):
         raise NotImplementedError(f"{self.name} ({type(self).__name__}) cannot be run block by block: supported "
                                   "are our ViT, timm ViT/DeiT and Hugging Face encoders; for a fixed exit layer use "
                                   "hidden_states(batch, upto=l)")
+
+    def embedding_output(self, hidden: Hidden, batch) -> torch.Tensor:
+        """(B, T, d) the embedding output of `batch` ("layer 0": the tokens entering block 1), whose block outputs
+        `hidden` were read from it: ``hidden.embedded`` where the forward recorded it, else the embedding run
+        alone (``begin(batch)``: no block runs)."""
+        if hidden.embedded is not None:
+            return hidden.embedded
+        try:
+            return self.begin(batch).tokens
+        except NotImplementedError as e:
+            raise NotImplementedError(f"{self.name} ({type(self).__name__}) does not give its embedding output "
+                                      "(layer 0): return it as Hidden(..., embedded=...) from hidden_states, or "
+                                      "define begin(batch)") from e
 
     def run_blocks(self, state: BlockState, stop: int) -> BlockState:
         """Run blocks state.layer+1 .. stop (1-based; state.layer <= stop <= L) -> the state after block stop."""

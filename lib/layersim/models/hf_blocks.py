@@ -38,10 +38,11 @@ class HFBlocks:
 
     def hidden_states(self, batch, upto: int | None = None) -> Hidden:
         inputs = self._model_inputs(batch)
-        states, _ = self._block_outputs(inputs, check_upto(upto, self.num_layers))
+        states, entry = self._block_outputs(inputs, check_upto(upto, self.num_layers))
         states = torch.stack(states)
+        embedded = entry if entry is not None and entry.shape == states.shape[1:] else None
         return Hidden(states, self._mask(inputs, states[0]), input_ids=inputs.get("input_ids"),
-                      num_prefix=self.num_prefix)
+                      num_prefix=self.num_prefix, embedded=embedded)
 
     def begin(self, batch) -> BlockState:
         """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a

@@ -58,10 +58,16 @@ class _Spill:
 
 
 def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None, feature_norm: str = "normed",
-            show_progress: bool = True) -> dict:
+            show_progress: bool = True, embeddings: bool = False) -> dict:
     """Every number of the report as plain Python lists and floats (JSON-ready). Shapes: ``cos``/``cka``
-    (L, L); per-layer lists have L entries, layer l at index l-1."""
+    (L, L); per-layer lists have L entries, layer l at index l-1. With `embeddings` the similarity numbers
+    (``cos``, ``cka`` (L+1, L+1), ``cos_to_last``, ``cka_to_last`` (L+1,)) start at the embedding output,
+    layer 0 (``first_layer``); the readout stays 1..L."""
     pooling = default_pooling(adapter) if pooling is None else pooling
+    if embeddings and pooling == "cls":
+        raise ReportError("layer 0 (the embedding output) at the class token is the same vector for every input, so "
+                          "its similarity to other layers is undefined: with embeddings use pooling='mean' "
+                          "(--pooling mean)")
     readout = adapter.has_readout and pooling in adapter.readout_poolings
     L, lm = adapter.num_layers, adapter.vocabulary_readout
     sums = {k: torch.zeros(L, dtype=torch.float64) for k in ("correct", "agree", "final_prob", "logprob")}
@@ -76,15 +82,16 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
             out = extract(adapter, [x] if isinstance(x, dict) else x, labels=None if isinstance(x, dict) else y,
                           pooling=pooling, readout=readout, keep_logits=False, topk=TOP_K if lm else None,
                           feature_norm=feature_norm, batch_size=len(x["input_ids"]) if isinstance(x, dict) else len(x),
-                          progress=False)
+                          progress=False, embeddings=embeddings)
             times["read"] += time.perf_counter() - start
             start = time.perf_counter()
-            feats = out.features.double()
+            compared = torch.cat([out.embedding, out.features]) if embeddings else out.features
+            feats = compared.double()
             if feats.shape[1] == 0:
                 continue
             mean.update(feats)
             cka.update(feats)
-            spill.write(out.features)
+            spill.write(compared)
             times["similarity"] += time.perf_counter() - start
             samples += feats.shape[1]
             if readout:
@@ -108,7 +115,8 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
         cos_matrix, cka_matrix = cos.compute(), cka.compute()
         times["similarity"] += time.perf_counter() - start
     numbers = {"layers": L, "samples": samples, "pooling": pooling, "feature_norm": feature_norm,
-               "readout": readout, "cos": cos_matrix.tolist(), "cka": cka_matrix.tolist(),
+               "readout": readout, "first_layer": 0 if embeddings else 1, "cos": cos_matrix.tolist(),
+               "cka": cka_matrix.tolist(),
                "cos_to_last": cos_matrix[:, -1].tolist(), "cka_to_last": cka_matrix[:, -1].tolist()}
     if readout:
         numbers.update(_readout_numbers(adapter, inputs, sums, histogram, samples, lm))

@@ -18,10 +18,11 @@ from .page import figures, render_html
 
 @dataclass
 class Report:
-    """A report. ``numbers``: every number (``cos``/``cka`` (L, L) nested lists; per-layer lists of L entries:
-    ``cos_to_last``, ``accuracy``, ``agreement_with_final``, ``final_prob``, ``perplexity``,
-    ``saturation_histogram``; ``minimal_depth``, ``flops``, ``examples``); ``info``: the model, data, structure,
-    notes and time; ``figures``: {name: (base64 PNG, title, how to read it)}."""
+    """A report. ``numbers``: every number (``cos``/``cka`` (L, L) nested lists, (L+1, L+1) from layer 0 with
+    embeddings (``first_layer``); ``cos_to_last``/``cka_to_last`` over the same layers; per-layer lists of L
+    entries: ``accuracy``, ``agreement_with_final``, ``final_prob``, ``perplexity``, ``saturation_histogram``;
+    ``minimal_depth``, ``flops``, ``examples``); ``info``: the model, data, structure, notes and time;
+    ``figures``: {name: (base64 PNG, title, how to read it)}."""
 
     numbers: dict
     info: dict
@@ -56,22 +57,28 @@ def _no_readout_reason(adapter, pooling: str) -> str:
 
 def report(model, inputs=None, *, n: int | None = None, out=None, device: str = "cpu", pooling: str | None = None,
            feature_norm: str = "normed", seq_len: int = 128, batch_size: int | None = None,
-           progress: bool = True) -> Report:
+           progress: bool = True, embeddings: bool = False) -> Report:
     """The paper's analysis of `model` on `inputs`, in one call.
 
     model: a layersim model name ("minilm-l6", "smollm2-135m"), a local Hugging Face / timm folder (whatever
-        `layersim.models.load_model` accepts), a model object (our ViT, timm, Hugging Face; ``(model, tokenizer)``
-        for a text model) or an adapter.
+        `layersim.models.load_model` accepts), a model object (our ViT, timm, Hugging Face text, vision and
+        encoder-decoder models (their encoder stack); ``(model, tokenizer)`` for a text model) or an adapter.
     inputs: None (text encoders: review snippets; causal LMs: the English corpus test split packed into
         sequences of `seq_len` tokens; images: digits or Fashion-MNIST), a source name ("reviews", "english",
         "digits", "fashion-mnist"), a text file, a folder of images, a list of texts, an (N, C, H, W) image tensor,
-        (N, T) token ids, or a pair (inputs, labels).
+        (N, T) token ids, an (N, mel bins, frames) tensor of log-mel features (an audio encoder: Whisper's), or a
+        pair (inputs, labels).
     n: the first n inputs (texts, images or sequences); default 1000 (LM: 64 sequences).
     out: a folder to write report.json and report.html into (atomically).
     pooling / feature_norm: the samples compared and the final norm on the features (`layersim.extract`).
+    embeddings: add the embedding output (the input of block 1) as layer 0 to the similarity figures and
+        numbers (``cos``/``cka`` (L+1, L+1), ``cos_to_last``/``cka_to_last``; ``first_layer`` 0); the
+        readout stays layers 1..L.
     -> `Report`; bad input raises `ReportError` (one line).
     """
     start = time.perf_counter()
+    if not isinstance(embeddings, bool):
+        raise ReportError(f"embeddings must be True or False, got {embeddings!r}")
     try:
         device = resolve_device(device)
     except (TypeError, ValueError) as e:
@@ -80,8 +87,9 @@ def report(model, inputs=None, *, n: int | None = None, out=None, device: str = 
     n = n if n is not None else (64 if adapter.vocabulary_readout else 1000)
     data = resolve_data(adapter, inputs, n=n, seq_len=seq_len, batch_size=batch_size)
     try:
-        numbers = analyse(adapter, data, pooling=pooling, feature_norm=feature_norm, show_progress=progress)
-    except (ValueError, RuntimeError) as e:
+        numbers = analyse(adapter, data, pooling=pooling, feature_norm=feature_norm, show_progress=progress,
+                          embeddings=embeddings)
+    except (ValueError, RuntimeError, NotImplementedError) as e:
         if isinstance(e, ReportError):
             raise
         raise ReportError(f"{adapter.name} could not be read on this data: {one_line(e)}") from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..models import POOLINGS
 from .inputs import SOURCES, ReportError
 
 
@@ -20,6 +21,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for a causal LM (default 128)")
     p.add_argument("--out", default=None, help="folder for report.json and report.html (default report-<model>)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--pooling", default=None, choices=POOLINGS,
+                   help="the samples compared (default: what the model's head reads; a bare encoder's mean)")
+    p.add_argument("--embeddings", action="store_true", help="add the embedding output as layer 0 to the COS and "
+                                                             "CKA figures")
     return p
 
 
@@ -38,7 +43,8 @@ def main(argv=None) -> int:
         print("error: --n must be a positive number of inputs", file=sys.stderr)
         return 2
     try:
-        result = report(args.model, args.data, n=args.n, out=out, device=args.device, seq_len=args.seq_len)
+        result = report(args.model, args.data, n=args.n, out=out, device=args.device, seq_len=args.seq_len,
+                        pooling=args.pooling, embeddings=args.embeddings)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

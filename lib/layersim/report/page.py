@@ -34,17 +34,20 @@ def _png(fig) -> str:
 def figures(numbers: dict) -> dict:
     """{name: (base64 PNG, title, how to read it)} for every figure the numbers allow."""
     out = {}
+    first = numbers.get("first_layer", 1)
     fig = Figure(figsize=(9, 3.8))
     axes = fig.subplots(1, 2)
-    layer_heatmap(np.array(numbers["cos"]), axes[0], title="COS (sample-wise cosine)", vmin=min(0, np.min(numbers["cos"])))
-    layer_heatmap(np.array(numbers["cka"]), axes[1], title="linear CKA", vmin=0)
+    layer_heatmap(np.array(numbers["cos"]), axes[0], title="COS (sample-wise cosine)", vmin=min(0, np.min(numbers["cos"])),
+                  first=first)
+    layer_heatmap(np.array(numbers["cka"]), axes[1], title="linear CKA", vmin=0, first=first)
     out["similarity"] = (_png(fig), "Similarity of every pair of layers",
                          "Bright cells are pairs of layers whose representations are alike; a band that fades away "
-                         "from the diagonal means similarity falls as layers lie further apart.")
+                         "from the diagonal means similarity falls as layers lie further apart"
+                         + ("; layer 0 is the embedding output." if first == 0 else "."))
     fig = Figure(figsize=(5, 3.3))
     ax = fig.subplots()
     per_layer_curves({"COS": numbers["cos_to_last"], "CKA": numbers["cka_to_last"]}, ax,
-                     ylabel="similarity to the last layer")
+                     ylabel="similarity to the last layer", first=first)
     out["to_last"] = (_png(fig), "Similarity to the last layer",
                       "A curve rising steadily to 1 means each layer moves the representation closer to the final "
                       "one; a flat stretch means layers that change little.")
