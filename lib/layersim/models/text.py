@@ -1,9 +1,12 @@
 """Adapters for Hugging Face text models: encoders (BERT family, pre-norm encoders, ModernBERT) and causal LMs.
 
-Block outputs are read by the model's own forward: a forward hook on each block records its output, and
-after block `upto` the forward stops (a real truncated forward, whatever the family does between blocks:
-masks, rotary embeddings, per-layer attention). Where the blocks are and what follows them comes from
-`layersim.models.families`; the self-check verifies it against the model's own logits.
+Blocks are run by an explicit loop where layersim knows what the family does before block 1
+(`families.BLOCK_ENTRY`: GPT-2, the Llama family, the BERT family): the embeddings and the blocks' arguments are
+made as the model's own forward makes them, then the blocks run one by one up to `upto`. Every other family is
+read through the model's own forward: a forward hook on each block records its output, and after block `upto`
+the forward stops (a real truncated forward, whatever the family does between blocks: masks, rotary
+embeddings, per-layer attention). Where the blocks are and what follows them comes from
+`layersim.models.families`; the self-check verifies both paths against the model's own forward and logits.
 
 The caller's tokenizer is never changed: texts are tokenised without padding and padded here, on the right.
 """
@@ -16,8 +19,9 @@ import torch.nn as nn
 
 from ..storage import stable_hash
 from .base import BlockState, Hidden, LayerAdapter, check_upto
-from .families import (find_blocks, find_encoder_head, find_final_norm, find_projection, logit_rescaling,
-                       per_layer_attention)
+from .decoder import DecoderSteps, run_block
+from .families import (block_entry, find_blocks, find_encoder_head, find_final_norm, find_projection,
+                       logit_rescaling, per_layer_attention)
 from ..validate import whole_number
 
 
@@ -49,7 +53,10 @@ class _HFText(LayerAdapter):
 
     def structure(self) -> dict:
         return {**super().structure(), "family": self.model.config.model_type,
-                "blocks at": f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found"}
+                "blocks at": f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found",
+                "blocks run by": ("layersim's explicit loop (embeddings and block arguments written out for "
+                                  f"{block_entry(self.model.config)!r} families)") if self.has_entry
+                                 else "the model's own forward (hooks on the blocks)"}
 
     # -- inputs
     def _pad_id(self) -> int:
@@ -139,9 +146,27 @@ class _HFText(LayerAdapter):
                                       "(e.g. ALBERT shares one layer group): it cannot be run block by block")
         return list(self._blocks)
 
+    # -- the explicit loop, where the family's entry is written out
+    @property
+    def has_entry(self) -> bool:
+        return False
+
+    def _entry(self, enc: dict) -> tuple[torch.Tensor, dict]:
+        """(block 1's input (B, T, d), the keyword arguments every block takes), made as the model's own forward
+        makes them; only where ``has_entry``."""
+        raise NotImplementedError
+
     def _block_outputs(self, enc: dict, upto: int) -> list[torch.Tensor]:
-        """The raw outputs of blocks 1..upto, read by hooks on the blocks during the model's own forward,
-        which stops after block `upto`. Without a list of blocks (ALBERT), Hugging Face's hidden states."""
+        """The raw outputs of blocks 1..upto: by the explicit loop where the family's entry is written out,
+        else by hooks on the blocks during the model's own forward, which stops after block `upto`. Without a
+        list of blocks (ALBERT), Hugging Face's hidden states."""
+        if self.has_entry:
+            h, kwargs = self._entry(enc)
+            outputs = []
+            for block in self._blocks[:upto]:
+                h = run_block(block, h, kwargs)
+                outputs.append(h)
+            return outputs
         if self._blocks is None:
             out = self.base(**enc, output_hidden_states=True, **self.call_kwargs)
             return list(out.hidden_states[1:upto + 1])
@@ -175,13 +200,18 @@ class _HFText(LayerAdapter):
         return Hidden(torch.stack(states), enc["attention_mask"].bool(), input_ids=enc["input_ids"])
 
     def begin(self, batch) -> BlockState:
-        """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
-        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
+        """The model's own inputs of its first block: written out where the family's entry is known, else the
+        base model runs up to the entry of block 1, where a forward pre-hook records the arguments (hidden
+        states, attention mask, ...) and stops the forward."""
         if per_layer_attention(self.model.config):
             raise NotImplementedError(f"{self.name}: its blocks take different attention masks (sliding windows), "
                                       "so it cannot be stepped block by block with one set of arguments")
         first = self.block_modules()[0]
         enc = self.encode(batch)
+        if self.has_entry:
+            tokens, kwargs = self._entry(enc)
+            return BlockState(tokens, 0, enc["attention_mask"].bool(), torch.arange(tokens.shape[0], device=tokens.device),
+                              input_ids=enc["input_ids"], block_kwargs=kwargs)
         seen = {}
 
         def record(module, args, kwargs):
@@ -237,6 +267,20 @@ class HFEncoder(_HFText):
         self.readout_pooling = self.own_pooling
         if readout_pooling is not None:
             self.set_readout_pooling(readout_pooling, check=False)
+
+    @property
+    def has_entry(self) -> bool:
+        return block_entry(self.model.config) == "bert" and self._blocks is not None
+
+    def _entry(self, enc: dict) -> tuple[torch.Tensor, dict]:
+        """The BERT family: embeddings (ELECTRA's projection after them), then a bidirectional padding mask."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        h = self.base.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        if hasattr(self.base, "embeddings_project"):
+            h = self.base.embeddings_project(h)
+        mask = create_bidirectional_mask(config=self.base.config, inputs_embeds=h, attention_mask=enc["attention_mask"])
+        return h, {"attention_mask": mask}
 
     def settings(self) -> dict:
         out = super().settings()
@@ -312,6 +356,9 @@ class HFCausalLM(_HFText):
             raise ValueError(f"{type(model).__name__} rescales its logits after lm_head ({rescaling}), which this "
                              "adapter does not reproduce; write a LayerAdapter subclass")
         self.num_classes = self.head.out_features
+        entry = block_entry(model.config) in ("learned", "rotary") and self._blocks is not None
+        self.steps = DecoderSteps(self, check=False) if entry else None  # checked by the self-check, and by
+        # `decoder_steps` before decoding with a cache
         if tokenizer is not None and len(tokenizer) > self.num_classes:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {self.name} reads out only "
                              f"{self.num_classes}: they do not belong together")
@@ -376,6 +423,16 @@ class HFCausalLM(_HFText):
 
     def norm(self, h):
         return self.norm_module(h) if self.norm_module is not None else h
+
+    @property
+    def has_entry(self) -> bool:
+        return self.steps is not None
+
+    def _entry(self, enc: dict) -> tuple[torch.Tensor, dict]:
+        """Token (and GPT-2's position) embeddings, then the causal mask with the padding and, for the Llama
+        family, the rotary embeddings (`DecoderSteps.embed`, `DecoderSteps.entry`, without a cache)."""
+        h = self.steps.embed(enc["input_ids"], 0, enc.get("token_type_ids"))
+        return h, self.steps.entry(h, 0, attention_mask=enc["attention_mask"])
 
     def begin(self, batch) -> BlockState:
         raise NotImplementedError(f"{self.name} is a causal LM: it is not stepped block by block (per-sample "
