@@ -25,7 +25,7 @@ from ..validate import real_number
 
 __all__ = ["SimilarityTrends", "similarity_trends", "typical_distance", "inject_outlier_samples",
            "inject_outlier_dimensions", "mean_pair_change", "OutlierSweep", "outlier_sweep",
-           "massive_activation_samples", "OUTLIERS"]
+           "massive_activation_samples", "OUTLIERS", "cos_cka_agreement"]
 
 OUTLIERS = ("samples", "dimensions")
 
@@ -68,6 +68,16 @@ def similarity_trends(sim) -> SimilarityTrends:
         rises_to_last=metrics.spearman(np.arange(1, L), to_last[:-1].numpy()),
         falls_with_gap=metrics.spearman(np.arange(L), by_gap.numpy()),
         pairs_fall_with_gap=metrics.spearman(gaps, pairs.numpy()))
+
+
+def cos_cka_agreement(cos, cka) -> float:
+    """Claim 1 as a number: the Spearman rank correlation of two (L, L) similarity matrices (COS and linear
+    CKA) over every pair of distinct layers -- do they order the layer pairs alike? NaN below 3 layers."""
+    cos, cka = _square(cos, "cos"), _square(cka, "cka")
+    if cos.shape != cka.shape:
+        raise ValueError(f"cos {tuple(cos.shape)} and cka {tuple(cka.shape)} must be of the same model")
+    iu = torch.triu_indices(cos.shape[0], cos.shape[0], offset=1)
+    return metrics.spearman(cos[iu[0], iu[1]].numpy(), cka[iu[0], iu[1]].numpy())
 
 
 # ---- claim 3: outliers -----------------------------------------------------------------------------------------
