@@ -115,7 +115,7 @@ def cases():
 
 CASES = ["mpt", "opt", "gpt-neox", "roberta-prenorm", "modernbert", "modernbert-mean", "timm-avg-pool",
          "timm-distilled", "user-module", "gpt2", "llama", "mistral-window-3", "qwen3", "bert", "electra", "roberta"]
-EXPLICIT = {"gpt2", "llama", "mistral-window-3", "qwen3", "bert", "electra", "roberta"}
+EXPLICIT = {"gpt2", "llama", "mistral-window-3", "qwen3", "gpt-neox", "bert", "electra", "roberta"}
 
 
 @pytest.mark.parametrize("name", CASES)

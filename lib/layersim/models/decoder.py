@@ -12,8 +12,9 @@ first E layers run ahead while drafting; the rest catch up in one verify pass). 
     steps.keep(cache, T - 2)                       # every layer forgets the last two positions
 
 What the family does before its blocks (embeddings, positions, the causal mask) is written out here for the
-decoders of `layersim.models.families.BLOCK_ENTRY`: GPT-2 (learned positions) and the Llama family (rotary
-positions: Llama, SmolLM2, Mistral, Qwen2, Qwen3; a sliding window where every layer has the same one). A
+decoders of `layersim.models.families.BLOCK_ENTRY`: GPT-2 (learned positions), the Llama family (rotary
+positions: Llama, SmolLM2, Mistral, Qwen2, Qwen3, Gemma, OLMo, Phi-3; a sliding window where every layer has
+the same one) and GPT-NeoX / Pythia (rotary on part of each head). A
 family not listed is refused with what to add. Whatever is listed is checked when the steps are made: a probe
 sequence run in uneven pieces through uneven block ranges must give the model's own logits (`check`).
 
@@ -28,7 +29,7 @@ from .base import eval_mode
 from .families import BLOCK_ENTRY, attention_window, block_entry, per_layer_attention
 
 # the decoder families written out (model_type -> "learned" or "rotary"; see families.BLOCK_ENTRY)
-FAMILIES = {family: entry for family, entry in BLOCK_ENTRY.items() if entry in ("learned", "rotary")}
+FAMILIES = {family: entry for family, entry in BLOCK_ENTRY.items() if entry in ("learned", "rotary", "neox")}
 
 
 def run_block(block, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -97,6 +98,8 @@ class DecoderSteps:
             if token_type_ids is not None:
                 h = h + self.base.wte(token_type_ids)
             return self.base.drop(h)
+        if self.family_entry == "neox":
+            return self.base.emb_dropout(self.base.embed_in(ids))
         return self.base.embed_tokens(ids)  # the Llama family ignores token_type_ids, as its own forward does
 
     def entry(self, h: torch.Tensor, start: int, cache=None, attention_mask=None, first: int = 1) -> dict:
@@ -114,8 +117,9 @@ class DecoderSteps:
                 else masking_utils.create_sliding_window_causal_mask)
         kwargs = {"attention_mask": make(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
                                          cache=cache, position_ids=positions, layer_idx=first - 1),
-                  "position_ids": positions, "cache": cache, "use_cache": cache is not None}
-        if self.family_entry == "rotary":
+                  "position_ids": positions, "layer_past" if self.family_entry == "neox" else "cache": cache,
+                  "use_cache": cache is not None}
+        if self.family_entry != "learned":
             kwargs["position_embeddings"] = self.base.rotary_emb(h, position_ids=positions)
         return kwargs
 
@@ -137,7 +141,7 @@ class DecoderSteps:
         key/value projections and positions), as if h were each block's input -- CALM's state propagation
         for the layers a token skipped. Only the key/value projections run."""
         positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
-        rotary = self.base.rotary_emb(h, position_ids=positions) if self.family_entry == "rotary" else None
+        rotary = self.base.rotary_emb(h, position_ids=positions) if self.family_entry != "learned" else None
         for layer in range(first, last + 1):
             if self.length(cache, layer) != start:
                 raise ValueError(f"block {layer}'s cache holds {self.length(cache, layer)} positions, but the new "
@@ -154,16 +158,25 @@ class DecoderSteps:
             return keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)
         import sys
 
-        attn = block.self_attn
+        attn = block.attention if self.family_entry == "neox" else block.self_attn
         x = block.input_layernorm(h)
-        shape = (*x.shape[:-1], -1, attn.head_dim)
-        keys = attn.k_proj(x).view(shape)
+        head_dim = attn.head_size if self.family_entry == "neox" else attn.head_dim
+        shape = (*x.shape[:-1], -1, head_dim)
+        if self.family_entry == "neox":  # one projection, laid out per head as (query, key, value)
+            _, keys, values = attn.query_key_value(x).view(*x.shape[:-1], -1, 3 * head_dim).chunk(3, dim=-1)
+        elif hasattr(attn, "qkv_proj"):  # Phi-3: one projection, laid out as (queries, keys, values)
+            q_size = self.config.num_attention_heads * head_dim
+            k_size = attn.num_key_value_heads * head_dim
+            qkv = attn.qkv_proj(x)
+            keys, values = qkv[..., q_size:q_size + k_size].view(shape), qkv[..., q_size + k_size:].view(shape)
+        else:
+            keys, values = attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
         if getattr(attn, "k_norm", None) is not None:  # Qwen3 normalises each head's keys
             keys = attn.k_norm(keys)
         keys = keys.transpose(1, 2)
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the family's own rotary function
         keys = rotate(keys, keys, *rotary)[1]
-        return keys, attn.v_proj(x).view(shape).transpose(1, 2)
+        return keys, values.transpose(1, 2)
 
     def read(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """The shared head on (..., d) states of block `layer`: (..., V) logits (``adapter.reader``)."""

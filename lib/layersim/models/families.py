@@ -12,7 +12,7 @@ Hugging Face families (by where the base model keeps them):
   ``final_norm``, ``decoder.final_layer_norm`` (OPT), and for pre-norm encoders ``LayerNorm``
   (RoBERTa-PreLayerNorm) and ``encoder.LayerNorm`` (XLM-RoBERTa-XL). Post-norm encoders (BERT family) have none;
 - between the final norm and the LM head: OPT's ``decoder.project_out`` where it exists;
-- what runs before block 1 (`BLOCK_ENTRY`): written out for GPT-2, the Llama family and the BERT family, whose
+- what runs before block 1 (`BLOCK_ENTRY`): written out for GPT-2, the Llama family, GPT-NeoX and the BERT family, whose
   blocks layersim then runs in its own explicit loop (`layersim.models.decoder`, `layersim.models.text`); every
   other family is read through the model's own forward, with hooks on its blocks.
 """
@@ -31,9 +31,12 @@ ENCODER_NORM_PATHS = ("final_norm", "LayerNorm", "encoder.LayerNorm", "encoder.f
 # model_type -> how the base model prepares block 1's input and what every block takes besides it:
 # "learned": token + learned position embeddings, dropout, a causal mask (GPT-2);
 # "rotary": token embeddings, a causal mask (sliding-window where the config says so), rotary position
-#   embeddings handed to every block (Llama, SmolLM2, Mistral, Qwen2, Qwen3);
+#   embeddings handed to every block (Llama, SmolLM2, Mistral, Qwen2, Qwen3, Gemma (its embedding scales
+#   itself), OLMo, Phi-3);
+# "neox": as "rotary", with GPT-NeoX's names (embed_in, emb_dropout; the cache is passed as layer_past);
 # "bert": the embeddings module (token, position, token type; ELECTRA's projection after it), a padding mask.
 BLOCK_ENTRY = {"gpt2": "learned", "llama": "rotary", "mistral": "rotary", "qwen2": "rotary", "qwen3": "rotary",
+               "gemma": "rotary", "olmo": "rotary", "phi3": "rotary", "gpt_neox": "neox",
                "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "camembert": "bert"}
 
 

@@ -356,7 +356,7 @@ class HFCausalLM(_HFText):
             raise ValueError(f"{type(model).__name__} rescales its logits after lm_head ({rescaling}), which this "
                              "adapter does not reproduce; write a LayerAdapter subclass")
         self.num_classes = self.head.out_features
-        entry = block_entry(model.config) in ("learned", "rotary") and self._blocks is not None
+        entry = block_entry(model.config) in ("learned", "rotary", "neox") and self._blocks is not None
         self.steps = DecoderSteps(self, check=False) if entry else None  # checked by the self-check, and by
         # `decoder_steps` before decoding with a cache
         if tokenizer is not None and len(tokenizer) > self.num_classes:
