@@ -134,7 +134,7 @@ def test_mean_pair_change_known_value():
 def test_a_few_outlier_samples_move_cka_far_more_than_cos():
     """Claim 3 in the controlled setting: 2 outlier samples among 200, 20 typical distances away."""
     feats = residual_stack()
-    sweep = experiments.outlier_sweep(feats, [0, 1, 20], kind="samples", count=2, seed=0)
+    sweep = experiments.outlier_sweep(feats, [0, 1, 20], outliers="samples", count=2, seed=0)
     assert sweep.cos_change[0] == 0 and sweep.cka_change[0] == 0  # size 0 changes nothing
     assert sweep.cka_change[-1] > 0.2  # the clean CKA of layer pairs averages about 0.7: most of the way to 1
     assert sweep.ratio[-1] > 5
@@ -147,7 +147,7 @@ def test_a_few_outlier_samples_move_cka_far_more_than_cos():
 def test_one_huge_dimension_takes_over_both_measures():
     """At size 1 a dimension is ordinary; made huge, COS and CKA both become those of that dimension alone."""
     feats = residual_stack()
-    small = experiments.outlier_sweep(feats, [1], kind="dimensions", count=1, seed=0)
+    small = experiments.outlier_sweep(feats, [1], outliers="dimensions", count=1, seed=0)
     assert small.cka_change[0] < 1e-3 and small.cos_change[0] < 1e-3
     moved, dims = experiments.inject_outlier_dimensions(feats, 1e4, count=1, seed=0)
     alone = moved[:, :, dims]  # (L, n, 1)
@@ -156,8 +156,8 @@ def test_one_huge_dimension_takes_over_both_measures():
 
 
 def test_outlier_sweep_bad_input():
-    with pytest.raises(ValueError, match="kind must be one of"):
-        experiments.outlier_sweep(residual_stack(), [1], kind="tokens")
+    with pytest.raises(ValueError, match="outliers must be one of"):
+        experiments.outlier_sweep(residual_stack(), [1], outliers="tokens")
     with pytest.raises(ValueError, match="non-empty list"):
         experiments.outlier_sweep(residual_stack(), [])
 
@@ -284,7 +284,7 @@ def test_load_layer_features_text_encoder_matches_extract():
     reviews = data.load_rotten_tomatoes(n=8, seed=0)
     reference = extract.extract_features(load_model("minilm-l6"), reviews.train_texts + reviews.test_texts,
                                          pooling="mean", batch_size=4, progress=False)
-    assert lf.kind == "text" and lf.pooling == "mean" and lf.features.shape == (6, 8, 384)
+    assert lf.modality == "text" and lf.pooling == "mean" and lf.features.shape == (6, 8, 384)
     assert torch.allclose(lf.features, reference, atol=1e-5)
     assert lf.labels.shape == (8,) and "8 review snippets" in lf.samples
 

@@ -95,11 +95,27 @@ def cases():
                           torch.randn(3, 3, 32, 32)),
         "timm-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", **tiny_timm), torch.randn(3, 3, 32, 32)),
         "user-module": (my_model(), torch.randn(3, 5, 8)),
+        # families run by layersim's explicit block loop (families.BLOCK_ENTRY)
+        "gpt2": (transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=2,
+                                                                       n_positions=64, initializer_range=0.2)),
+                 text_batch()),
+        "llama": (transformers.LlamaForCausalLM(transformers.LlamaConfig(**text, num_key_value_heads=1)), text_batch()),
+        "mistral-window-3": (transformers.MistralForCausalLM(transformers.MistralConfig(
+            **text, num_key_value_heads=1, sliding_window=3)), text_batch()),
+        "qwen3": (transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**text, num_key_value_heads=1, head_dim=16)),
+                  text_batch()),
+        "bert": (transformers.BertForSequenceClassification(transformers.BertConfig(**text, num_labels=3)),
+                 {**text_batch(), "token_type_ids": (torch.arange(7) > 3).long().expand(3, 7)}),
+        "electra": (transformers.ElectraForSequenceClassification(transformers.ElectraConfig(
+            **text, embedding_size=16, num_labels=3)), text_batch()),
+        "roberta": (transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+            **text, num_labels=3, pad_token_id=0, max_position_embeddings=64)), text_batch()),
     }, my_adapter
 
 
 CASES = ["mpt", "opt", "gpt-neox", "roberta-prenorm", "modernbert", "modernbert-mean", "timm-avg-pool",
-         "timm-distilled", "user-module"]
+         "timm-distilled", "user-module", "gpt2", "llama", "mistral-window-3", "qwen3", "bert", "electra", "roberta"]
+EXPLICIT = {"gpt2", "llama", "mistral-window-3", "qwen3", "gpt-neox", "bert", "electra", "roberta"}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -108,6 +124,8 @@ def test_every_family_is_read_exactly(name):
     model, batch = models[name]
     model = randomize_norms(model)
     adapter = my_adapter(model) if name == "user-module" else adapt(model)  # made = self-checked
+    if name != "user-module":  # an explicit loop where the family's entry is written out (and timm's), else hooks
+        assert ("explicit loop" in adapter.structure()["blocks run by"]) == (name in EXPLICIT or "timm" in name)
     L = adapter.num_layers
     seen = []
     handles = [b.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
@@ -201,3 +219,56 @@ def test_structure_says_what_was_assumed():
     assert info["blocks at"] == "OPTModel.decoder.layers" and info["family"] == "opt"
     gap = adapt(randomize_norms(models["timm-avg-pool"][0]))
     assert gap.structure()["norm before pooling"] is True and gap.readout_formula() == "head(pool(norm(h_l)))"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "electra"])
+def test_the_explicit_loop_draws_dropout_as_the_models_own_forward(name):
+    """In training mode (dropout on), the explicit loop consumes the random stream in the model's own order:
+    with the same seed, every layer is bitwise the block output of the model's own forward (so training through
+    the adapter trains exactly the model)."""
+    model = randomize_norms(cases()[0][name][0]).train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.3
+    adapter = adapt(model)
+    batch = cases()[0][name][1]
+    seen = []
+    handles = [b.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+               for b in adapter.block_modules()]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        try:  # a causal LM trains without a cache (with one, attention reads keys copied into it: 1e-6 apart)
+            model(**batch, **({"use_cache": False} if adapter.vocabulary_readout else {}))
+        finally:
+            for h in handles:
+                h.remove()
+        torch.manual_seed(7)
+        hidden = adapter.hidden_states(batch)
+    assert model.training
+    for l in range(adapter.num_layers):
+        assert torch.equal(hidden.states[l], seen[l])
+    torch.manual_seed(8)
+    with torch.no_grad():
+        other = adapter.hidden_states(batch)
+    assert not torch.equal(other.states[-1], hidden.states[-1])  # dropout is on: another seed, other numbers
+
+
+def test_decoding_past_a_sliding_window_is_refused_but_reading_is_exact():
+    from layersim.models import DecoderSteps
+
+    model = randomize_norms(cases()[0]["mistral-window-3"][0])
+    adapter = adapt(model)  # self-checked on 8-token probes: the window of 3 is in effect
+    ids = torch.randint(0, V, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        full = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        causal = transformers.MistralForCausalLM(transformers.MistralConfig(**{
+            **model.config.to_dict(), "sliding_window": None}))
+        causal.load_state_dict(model.state_dict())
+        unwindowed = causal.eval()(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        hidden = adapter.hidden_states({"input_ids": ids})
+    assert not torch.allclose(full, unwindowed, atol=1e-4)  # the window changes the numbers here
+    torch.testing.assert_close(hidden.states[0], full)
+    torch.testing.assert_close(adapter.norm(hidden.states[-1]), own)
+    with pytest.raises(NotImplementedError, match="sliding attention window \\(3\\)"):
+        DecoderSteps(adapter)

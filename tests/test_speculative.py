@@ -122,11 +122,11 @@ def test_decoder_steps_refuse_a_wrong_preparation_by_the_check():
 
 
 def test_decoder_steps_refuse_families_and_models_they_do_not_know():
-    config = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=64, max_position_embeddings=64)
-    neox = HFCausalLM(transformers.GPTNeoXForCausalLM(config).eval())
-    with pytest.raises(NotImplementedError, match="gpt_neox.*layersim.models.decoder.FAMILIES"):
-        self_speculative_generate(neox, torch.tensor([[1, 2]]), exit_layer=1)
+    config = transformers.OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    ffn_dim=64, max_position_embeddings=64)
+    opt = HFCausalLM(transformers.OPTForCausalLM(config).eval())
+    with pytest.raises(NotImplementedError, match="'opt'.*layersim.models.decoder.FAMILIES"):
+        self_speculative_generate(opt, torch.tensor([[1, 2]]), exit_layer=1)
     bert = transformers.BertForSequenceClassification(transformers.BertConfig(
         vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)).eval()
     with pytest.raises(ValueError, match="not a causal language model"):
@@ -315,3 +315,32 @@ def test_the_transformers_peer_leaves_the_model_as_it_was():
     peer = transformers_early_exit_speedup(llama, [torch.tensor([[3, 4]])], exit_layer=2, draft_tokens=2,
                                            max_new_tokens=6, repeats=1)
     assert peer["identical"] is True and peer["speedup"] > 0
+
+
+def more_families():
+    torch.manual_seed(0)
+    common = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  max_position_embeddings=96, bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.3)
+    t = transformers
+    return {"gemma": t.GemmaForCausalLM(t.GemmaConfig(**common, num_key_value_heads=2, head_dim=8)),
+            "olmo": t.OlmoForCausalLM(t.OlmoConfig(**common, num_key_value_heads=2)),
+            "phi3": t.Phi3ForCausalLM(t.Phi3Config(**common, num_key_value_heads=2)),
+            "gpt-neox": t.GPTNeoXForCausalLM(t.GPTNeoXConfig(**common, rotary_pct=0.5))}
+
+
+@pytest.mark.parametrize("family", ["gemma", "olmo", "phi3", "gpt-neox"])
+def test_more_decoder_families_decode_exactly(family):
+    """Gemma (scaled embeddings), OLMo, Phi-3 (one fused qkv projection) and GPT-NeoX (rotary on half of each
+    head, its own names): the cached loop is self-checked (pieces, and the keys and values CALM propagates), and
+    greedy self-speculative decoding equals the model's own generate."""
+    lm = HFCausalLM(more_families()[family].double().eval())
+    assert "explicit loop" in lm.structure()["blocks run by"]
+    steps = decoder_steps(lm)
+    assert steps.checked
+    for prompt in prompts(3):
+        want = lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, prompt.shape[1]:]
+        for E, k in ((1, 2), (2, 3)):
+            out = self_speculative_generate(lm, prompt, exit_layer=E, draft_tokens=k, max_new_tokens=12,
+                                            stop_at_eos=False)
+            assert torch.equal(out.new_ids, want), (E, k)

@@ -152,7 +152,7 @@ def test_train_evaluates_every_layer_and_saved_model_reproduces_it(tmp_path):
     assert not again.trained and again.layer_acc == result.layer_acc
     # the run hands out the test split it was evaluated on: built once, the same samples in the same order
     split = again.test_split()
-    assert split is again.test_split() and again.data_kind == "image" and again.classes == task.classes
+    assert split is again.test_split() and again.modality == "image" and again.classes == task.classes
     assert torch.equal(split.inputs, task.test.inputs) and torch.equal(split.labels, task.test.labels)
     assert_same_weights(again.model.state_dict(), result.model.state_dict())
     from layersim.models import load_model

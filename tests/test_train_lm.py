@@ -77,7 +77,7 @@ def test_small_gpt_trains_three_ways_and_evaluation_matches_extract_and_lm_repor
     from layersim.train.tasks import build_task
 
     test = run.test_split().inputs  # the run's own test sequences: those the loop evaluated
-    assert torch.equal(test, build_task(run.config).test.inputs) and run.data_kind == "lm" and run.classes == []
+    assert torch.equal(test, build_task(run.config).test.inputs) and run.modality == "lm" and run.classes == []
     report = next_token_report(extract(run.adapter, token_batches(test, 16), pooling="tokens", progress=False))
     rec = run.log[-1]
     assert report.num_tokens == rec["n_test"]

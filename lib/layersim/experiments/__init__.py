@@ -42,8 +42,8 @@ from .features import FEATURE_NORMS, TRAINED_PREFIX, LayerFeatures, load_layer_f
 from .geodesic import Trajectories, fit_linear_classifier, fraction_rising, geodesic_trajectories, relative_step_lengths
 from .notebook import FEATURE_CACHE, NotebookStart, start
 from .representations import ClassMeanPCA, class_mean_pca, mean_by_group, pick_layers, plot_class_means
-from .similarity import (OUTLIER_KINDS, OutlierSweep, SimilarityTrends, inject_outlier_dimensions, inject_outlier_samples,
-                         massive_activation_samples, mean_pair_change, outlier_sweep, similarity_trends, typical_distance)
+from .similarity import (OUTLIERS, OutlierSweep, SimilarityTrends, cos_cka_agreement, inject_outlier_dimensions,
+                         inject_outlier_samples, massive_activation_samples, mean_pair_change, outlier_sweep, similarity_trends, typical_distance)
 from .timing import measure_early_exit, plain_forward, time_fixed_exits
 from .trained import (OBJECTIVE_LABELS, OBJECTIVES, RunReadout, exit_accuracy_table, recipe_names, run_inputs,
                       run_readout, train_models)
@@ -54,7 +54,7 @@ __all__ = ["start", "NotebookStart", "FEATURE_CACHE",
            "LayerFeatures", "load_layer_features", "FEATURE_NORMS", "TRAINED_PREFIX",
            "SimilarityTrends", "similarity_trends", "typical_distance", "inject_outlier_samples",
            "inject_outlier_dimensions", "mean_pair_change", "OutlierSweep", "outlier_sweep",
-           "massive_activation_samples", "OUTLIER_KINDS",
+           "massive_activation_samples", "OUTLIERS", "cos_cka_agreement",
            "Trajectories", "geodesic_trajectories", "fit_linear_classifier", "fraction_rising", "relative_step_lengths",
            "ClassMeanPCA", "class_mean_pca", "plot_class_means", "pick_layers", "mean_by_group",
            "time_fixed_exits", "plain_forward", "measure_early_exit",

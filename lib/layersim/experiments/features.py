@@ -20,15 +20,16 @@ TRAINED_PREFIX = "train:"
 class LayerFeatures:
     """Per-layer features of one model over one set of samples (see `load_layer_features`).
 
-    name: the model as named; kind: "text" (one vector per text), "tokens" (one per token of a causal
-    LM; the first token of each text is included) or "image"; features: (L, n, d) float32, the pooled raw
+    name: the model as named; modality: what the model reads, as `TrainResult.modality`: "text" (a text
+    encoder; one vector per text), "lm" (a causal LM; one vector per token, the first token of each text
+    included) or "image"; features: (L, n, d) float32, the pooled raw
     block outputs of blocks 1..L (a causal LM: before the final norm); labels: (n,) class labels, or the
     next token of each token for a causal LM, or None; pooling: how tokens became samples; samples: what
     the samples are, in words; adapter: the model's adapter (`layersim.models`).
     """
 
     name: str
-    kind: str
+    modality: str
     features: torch.Tensor
     labels: torch.Tensor | None
     pooling: str
@@ -96,9 +97,8 @@ def load_layer_features(model: str, *, n_texts: int = 1000, n_documents: int = 1
     device = resolve_device(device)
     if model.startswith(TRAINED_PREFIX):
         run = _trained(model, device, recipe_overrides)
-        kind = run.data_kind
-        if kind != "image":
-            raise ValueError(f"{model}: trained on {run.config.data} ({kind}); only image models are read this way. "
+        if run.modality != "image":
+            raise ValueError(f"{model}: trained on {run.config.data} ({run.modality}); only image models are read this way. "
                              "A text model: name the saved run folder instead")
         test = run.test_split()
         n = min(n_images, len(test))
@@ -115,7 +115,7 @@ def load_layer_features(model: str, *, n_texts: int = 1000, n_documents: int = 1
         docs = data.load_english_corpus(seed=seed).test[:n_documents]
         out = extract.extract(adapter, docs, pooling="tokens", readout=False, feature_norm="raw",
                               batch_size=batch_size, cache_dir=cache_dir)
-        return LayerFeatures(model, "tokens", out.features.float(), out.labels, "tokens",
+        return LayerFeatures(model, "lm", out.features.float(), out.labels, "tokens",
                              f"{out.features.shape[1]} tokens of {len(docs)} English documents", adapter)
     if not hasattr(adapter, "encode"):
         raise ValueError(f"{model} is a vision model: name it as a training run, 'train:<recipe>', so that it is "

@@ -25,9 +25,9 @@ from ..validate import real_number
 
 __all__ = ["SimilarityTrends", "similarity_trends", "typical_distance", "inject_outlier_samples",
            "inject_outlier_dimensions", "mean_pair_change", "OutlierSweep", "outlier_sweep",
-           "massive_activation_samples", "OUTLIER_KINDS"]
+           "massive_activation_samples", "OUTLIERS", "cos_cka_agreement"]
 
-OUTLIER_KINDS = ("samples", "dimensions")
+OUTLIERS = ("samples", "dimensions")
 
 
 # ---- claim 2: similarity against layer gap --------------------------------------------------------------------
@@ -68,6 +68,16 @@ def similarity_trends(sim) -> SimilarityTrends:
         rises_to_last=metrics.spearman(np.arange(1, L), to_last[:-1].numpy()),
         falls_with_gap=metrics.spearman(np.arange(L), by_gap.numpy()),
         pairs_fall_with_gap=metrics.spearman(gaps, pairs.numpy()))
+
+
+def cos_cka_agreement(cos, cka) -> float:
+    """Claim 1 as a number: the Spearman rank correlation of two (L, L) similarity matrices (COS and linear
+    CKA) over every pair of distinct layers -- do they order the layer pairs alike? NaN below 3 layers."""
+    cos, cka = _square(cos, "cos"), _square(cka, "cka")
+    if cos.shape != cka.shape:
+        raise ValueError(f"cos {tuple(cos.shape)} and cka {tuple(cka.shape)} must be of the same model")
+    iu = torch.triu_indices(cos.shape[0], cos.shape[0], offset=1)
+    return metrics.spearman(cos[iu[0], iu[1]].numpy(), cka[iu[0], iu[1]].numpy())
 
 
 # ---- claim 3: outliers -----------------------------------------------------------------------------------------
@@ -147,13 +157,13 @@ def mean_pair_change(before, after) -> float:
 class OutlierSweep:
     """How far COS and linear CKA move as injected outliers grow (one entry per size).
 
-    kind: "samples" or "dimensions"; count: how many; sizes: (S,) outlier sizes (see the injectors).
+    outliers: "samples" or "dimensions"; count: how many; sizes: (S,) outlier sizes (see the injectors).
     cos_change, uncentred_cos_change, cka_change: (S,) `mean_pair_change` of the (centred) COS, the
     uncentred COS and linear CKA against the clean features. cos_to_last, cka_to_last: (S, L) similarity
     of every layer to the last one at each size. indices: the outlier samples or dimensions.
     """
 
-    kind: str
+    outliers: str
     count: int
     sizes: torch.Tensor
     cos_change: torch.Tensor
@@ -169,21 +179,21 @@ class OutlierSweep:
         return self.cka_change / self.cos_change
 
 
-def outlier_sweep(feats, sizes: Sequence[float], *, kind: str = "samples", count: int = 5,
+def outlier_sweep(feats, sizes: Sequence[float], *, outliers: str = "samples", count: int = 5,
                   seed: int = 0) -> OutlierSweep:
     """Inject outliers of each size in `sizes` into `feats` (L, n, d) and measure COS and CKA -> `OutlierSweep`.
 
-    kind "samples": `inject_outlier_samples` (count samples, size in units of the typical distance of a
-    sample from the layer mean); kind "dimensions": `inject_outlier_dimensions` (count dimensions, size in
+    outliers "samples": `inject_outlier_samples` (count samples, size in units of the typical distance of a
+    sample from the layer mean); outliers "dimensions": `inject_outlier_dimensions` (count dimensions, size in
     units of a typical dimension's spread). The same samples / dimensions at every size (fixed by `seed`).
     """
-    if kind not in OUTLIER_KINDS:
-        raise ValueError(f"kind must be one of {OUTLIER_KINDS}; got {kind!r}")
+    if outliers not in OUTLIERS:
+        raise ValueError(f"outliers must be one of {OUTLIERS}; got {outliers!r}")
     feats = _features(feats, min_layers=2, min_samples=2)
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (Sequence, np.ndarray, torch.Tensor)) or len(sizes) == 0:
         raise ValueError(f"sizes must be a non-empty list of numbers >= 0; got {sizes!r}")
     sizes = [_size(float(s) if isinstance(s, (np.generic, torch.Tensor)) else s, "every size") for s in sizes]
-    inject = inject_outlier_samples if kind == "samples" else inject_outlier_dimensions
+    inject = inject_outlier_samples if outliers == "samples" else inject_outlier_dimensions
     clean_cos, clean_ucos, clean_cka = (metrics.cos_similarity(feats), metrics.cos_similarity(feats, centered=False),
                                         metrics.cka(feats))
     rows = []
@@ -193,7 +203,7 @@ def outlier_sweep(feats, sizes: Sequence[float], *, kind: str = "samples", count
         rows.append((mean_pair_change(clean_cos, cos), mean_pair_change(clean_ucos, ucos),
                      mean_pair_change(clean_cka, cka), metrics.similarity_to_last(cos), metrics.similarity_to_last(cka)))
     col = lambda i: torch.tensor([r[i] for r in rows], dtype=torch.float64)  # noqa: E731
-    return OutlierSweep(kind, int(count), torch.tensor(sizes, dtype=torch.float64), col(0), col(1), col(2),
+    return OutlierSweep(outliers, int(count), torch.tensor(sizes, dtype=torch.float64), col(0), col(1), col(2),
                         torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]), indices)
 
 

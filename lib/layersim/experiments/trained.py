@@ -150,8 +150,8 @@ class RunReadout:
 
 def _test_split(run):
     """The test split of a classification run (images or texts), as the run hands it out."""
-    if run.data_kind not in ("image", "text"):
-        raise ValueError(f"{run.config.name} trains on {run.config.data} ({run.data_kind}), not a classification "
+    if run.modality not in ("image", "text"):
+        raise ValueError(f"{run.config.name} trains on {run.config.data} ({run.modality}), not a classification "
                          "task: only image and text classifiers are read out sample by sample here")
     return run.test_split()
 

@@ -11,22 +11,31 @@ first E layers run ahead while drafting; the rest catch up in one verify pass). 
     logits = steps.read(h, L)                      # (1, T, V): the shared head (final norm included)
     steps.keep(cache, T - 2)                       # every layer forgets the last two positions
 
-What the family does before its blocks (embeddings, positions, the causal mask) is written out per family in
-`FAMILIES`: GPT-2 (learned positions) and the Llama family (rotary positions: Llama, SmolLM2, Mistral
-without a sliding window, Qwen2, Qwen3). A family not listed is refused with what to add. Whatever is listed
-is checked when the steps are made: a probe sequence run in uneven pieces through uneven block ranges must
-give the model's own logits (`check`).
+What the family does before its blocks (embeddings, positions, the causal mask) is written out here for the
+decoders of `layersim.models.families.BLOCK_ENTRY`: GPT-2 (learned positions), the Llama family (rotary
+positions: Llama, SmolLM2, Mistral, Qwen2, Qwen3, Gemma, OLMo, Phi-3; a sliding window where every layer has
+the same one) and GPT-NeoX / Pythia (rotary on part of each head). A
+family not listed is refused with what to add. Whatever is listed is checked when the steps are made: a probe
+sequence run in uneven pieces through uneven block ranges must give the model's own logits (`check`).
+
+The same loop without a cache reads a padded batch (`entry`, then every block with the same arguments): that
+is how `HFCausalLM.hidden_states` runs these families, checked by the adapter's self-check.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import eval_mode
-from .families import per_layer_attention
+from .families import BLOCK_ENTRY, attention_window, block_entry, per_layer_attention
 
-# family -> how its base model prepares the blocks' inputs ("learned": token + position embeddings, then
-# dropout; "rotary": token embeddings, rotary position embeddings passed to every block)
-FAMILIES = {"gpt2": "learned", "llama": "rotary", "mistral": "rotary", "qwen2": "rotary", "qwen3": "rotary"}
+# the decoder families written out (model_type -> "learned" or "rotary"; see families.BLOCK_ENTRY)
+FAMILIES = {family: entry for family, entry in BLOCK_ENTRY.items() if entry in ("learned", "rotary", "neox")}
+
+
+def run_block(block, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """One Hugging Face block on states h with the keyword arguments of an `entry` -> its output states."""
+    out = block(h, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class DecoderSteps:
@@ -42,18 +51,20 @@ class DecoderSteps:
                              "(e.g. load_model('smollm2-135m'))")
         config = adapter.model.config
         family = getattr(config, "model_type", type(adapter.model).__name__)
-        self.kind = FAMILIES.get(family)
-        if self.kind is None:
+        self.family_entry = FAMILIES.get(family)
+        if self.family_entry is None:
             raise NotImplementedError(
                 f"{adapter.name}: decoding block by block with a cache is written for {sorted(FAMILIES)}, not "
                 f"{family!r}; add how its base model prepares the blocks' inputs to "
                 "layersim.models.decoder.FAMILIES (the check then verifies it)")
-        if per_layer_attention(config):
+        if per_layer_attention(config) or block_entry(config) is None:
             raise NotImplementedError(f"{adapter.name}: its layers use different attention windows, which one "
                                       "causal mask per call does not describe")
+        self.window = attention_window(config)
         self.adapter, self.config, self.base = adapter, config, adapter.base
         self.layers = adapter.block_modules()
         self.num_layers = adapter.num_layers
+        self.checked = False
         if check:
             self.check()
 
@@ -78,33 +89,50 @@ class DecoderSteps:
                 cached.values = cached.values[..., :length, :]
 
     # -- the loop
-    def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """(1, T) token ids at positions start..start+T-1 -> (1, T, d) the input of block 1."""
-        if self.kind == "learned":
+    def embed(self, ids: torch.Tensor, start: int, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids at positions start..start+T-1 -> (B, T, d) the input of block 1 (GPT-2 adds the
+        embeddings of `token_type_ids` where given, as its own forward does; the Llama family ignores them)."""
+        if self.family_entry == "learned":
             positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-            return self.base.drop(self.base.wte(ids) + self.base.wpe(positions))
-        return self.base.embed_tokens(ids)
+            h = self.base.wte(ids) + self.base.wpe(positions)
+            if token_type_ids is not None:
+                h = h + self.base.wte(token_type_ids)
+            return self.base.drop(h)
+        if self.family_entry == "neox":
+            return self.base.emb_dropout(self.base.embed_in(ids))
+        return self.base.embed_tokens(ids)  # the Llama family ignores token_type_ids, as its own forward does
+
+    def entry(self, h: torch.Tensor, start: int, cache=None, attention_mask=None, first: int = 1) -> dict:
+        """What every block takes besides the states h (B, T, d) at positions start..start+T-1, as the model's own
+        forward passes it: the causal mask (sliding-window where the model has one; padding from the (B, T)
+        `attention_mask`), position ids, rotary embeddings, the cache (None: no cache, as in training)."""
+        from transformers import masking_utils
+
+        if cache is not None and self.window is not None and start + h.shape[1] >= self.window:
+            raise NotImplementedError(f"{self.adapter.name}: {start + h.shape[1]} positions reach its sliding "
+                                      f"attention window ({self.window}), past which its cache drops positions "
+                                      "that this loop would crop again; decode shorter sequences")
+        positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
+        make = (masking_utils.create_causal_mask if self.window is None
+                else masking_utils.create_sliding_window_causal_mask)
+        kwargs = {"attention_mask": make(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
+                                         cache=cache, position_ids=positions, layer_idx=first - 1),
+                  "position_ids": positions, "layer_past" if self.family_entry == "neox" else "cache": cache,
+                  "use_cache": cache is not None}
+        if self.family_entry != "learned":
+            kwargs["position_embeddings"] = self.base.rotary_emb(h, position_ids=positions)
+        return kwargs
 
     def blocks(self, h: torch.Tensor, first: int, last: int, cache, start: int) -> torch.Tensor:
         """Blocks first..last (1-based, inclusive) on (1, T, d) states at positions start..start+T-1; each
         block's cache must hold exactly `start` positions before and holds start + T after. -> (1, T, d)."""
-        from transformers.masking_utils import create_causal_mask
-
         for layer in (first, last):
             if self.length(cache, layer) != start:
                 raise ValueError(f"block {layer}'s cache holds {self.length(cache, layer)} positions, but the new "
                                  f"tokens start at position {start}")
-        positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
-        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, cache=cache,
-                                  position_ids=positions, layer_idx=first - 1)
-        rotary = self.base.rotary_emb(h, position_ids=positions) if self.kind == "rotary" else None
+        kwargs = self.entry(h, start, cache, first=first)
         for block in self.layers[first - 1:last]:
-            if self.kind == "learned":
-                out = block(h, cache, mask, None, use_cache=True, position_ids=positions)
-            else:
-                out = block(h, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                            position_embeddings=rotary)
-            h = out[0] if isinstance(out, (tuple, list)) else out
+            h = run_block(block, h, kwargs)
         return h
 
     def propagate(self, h: torch.Tensor, first: int, last: int, cache, start: int) -> None:
@@ -113,7 +141,7 @@ class DecoderSteps:
         key/value projections and positions), as if h were each block's input -- CALM's state propagation
         for the layers a token skipped. Only the key/value projections run."""
         positions = torch.arange(start, start + h.shape[1], device=h.device)[None]
-        rotary = self.base.rotary_emb(h, position_ids=positions) if self.kind == "rotary" else None
+        rotary = self.base.rotary_emb(h, position_ids=positions) if self.family_entry != "learned" else None
         for layer in range(first, last + 1):
             if self.length(cache, layer) != start:
                 raise ValueError(f"block {layer}'s cache holds {self.length(cache, layer)} positions, but the new "
@@ -123,23 +151,32 @@ class DecoderSteps:
 
     def _keys_values(self, block, h, rotary):
         """(1, heads, T, head_dim) keys and values that `block` would cache for input h."""
-        if self.kind == "learned":
+        if self.family_entry == "learned":
             attn = block.attn
             _, keys, values = attn.c_attn(block.ln_1(h)).split(attn.split_size, dim=2)
             shape = (*keys.shape[:-1], -1, attn.head_dim)
             return keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)
         import sys
 
-        attn = block.self_attn
+        attn = block.attention if self.family_entry == "neox" else block.self_attn
         x = block.input_layernorm(h)
-        shape = (*x.shape[:-1], -1, attn.head_dim)
-        keys = attn.k_proj(x).view(shape)
+        head_dim = attn.head_size if self.family_entry == "neox" else attn.head_dim
+        shape = (*x.shape[:-1], -1, head_dim)
+        if self.family_entry == "neox":  # one projection, laid out per head as (query, key, value)
+            _, keys, values = attn.query_key_value(x).view(*x.shape[:-1], -1, 3 * head_dim).chunk(3, dim=-1)
+        elif hasattr(attn, "qkv_proj"):  # Phi-3: one projection, laid out as (queries, keys, values)
+            q_size = self.config.num_attention_heads * head_dim
+            k_size = attn.num_key_value_heads * head_dim
+            qkv = attn.qkv_proj(x)
+            keys, values = qkv[..., q_size:q_size + k_size].view(shape), qkv[..., q_size + k_size:].view(shape)
+        else:
+            keys, values = attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
         if getattr(attn, "k_norm", None) is not None:  # Qwen3 normalises each head's keys
             keys = attn.k_norm(keys)
         keys = keys.transpose(1, 2)
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the family's own rotary function
         keys = rotate(keys, keys, *rotary)[1]
-        return keys, attn.v_proj(x).view(shape).transpose(1, 2)
+        return keys, values.transpose(1, 2)
 
     def read(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """The shared head on (..., d) states of block `layer`: (..., V) logits (``adapter.reader``)."""
@@ -166,6 +203,7 @@ class DecoderSteps:
         ok, diff = _close(got, want, want.dtype)
         if ok:
             ok, diff = self._check_propagate(ids)
+        self.checked = ok
         if not ok:
             raise SelfCheckError(
                 f"{adapter.name}: running its blocks with a cache in pieces (or giving skipped blocks keys and values "
@@ -193,15 +231,17 @@ class DecoderSteps:
 
 
 def decoder_steps(adapter) -> DecoderSteps:
-    """The `DecoderSteps` of a causal-LM adapter (or of a model / name that `layersim.models.adapt` accepts),
-    made and checked once per adapter and kept on it."""
+    """The `DecoderSteps` of a causal-LM adapter (or of a model / name that `layersim.models.adapt` accepts):
+    the adapter's own (``adapter.steps``), checked with a cache once before its first use for decoding."""
     from .loading import adapt
 
     adapter = adapt(adapter)
-    steps = getattr(adapter, "_decoder_steps", None)
-    if steps is None:
-        steps = adapter._decoder_steps = DecoderSteps(adapter)
+    steps = getattr(adapter, "steps", None)
+    if steps is None:  # not a causal LM, or a family not written out: refused with what to do
+        steps = DecoderSteps(adapter, check=False)
+    if not steps.checked:
+        steps.check()
     return steps
 
 
-__all__ = ["DecoderSteps", "decoder_steps", "FAMILIES"]
+__all__ = ["DecoderSteps", "decoder_steps", "run_block", "FAMILIES"]

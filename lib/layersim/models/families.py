@@ -17,7 +17,10 @@ Hugging Face families (by where the base model keeps them):
   ``post_layernorm`` on the pooled class token (CLIP); leading tokens: the class token, DeiT's distillation
   token, Dinov2's register tokens;
 - encoder stacks of encoder-decoder models (`ENCODER_STACKS`): T5's ``encoder.block`` and
-  ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``.
+  ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``;
+- what runs before block 1 (`BLOCK_ENTRY`): written out for GPT-2, the Llama family, GPT-NeoX and the BERT family, whose
+  blocks layersim then runs in its own explicit loop (`layersim.models.decoder`, `layersim.models.text`); every
+  other family is read through the model's own forward, with hooks on its blocks (`layersim.models.hf_blocks`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,37 @@ BLOCK_PATHS = ("layers", "h", "blocks", "decoder.layers", "encoder.layer", "enco
 DECODER_NORM_PATHS = ("ln_f", "norm", "norm_f", "final_layernorm", "final_layer_norm", "final_norm",
                       "decoder.final_layer_norm")
 ENCODER_NORM_PATHS = ("final_norm", "LayerNorm", "encoder.LayerNorm", "encoder.final_layer_norm")
+
+
+# model_type -> how the base model prepares block 1's input and what every block takes besides it:
+# "learned": token + learned position embeddings, dropout, a causal mask (GPT-2);
+# "rotary": token embeddings, a causal mask (sliding-window where the config says so), rotary position
+#   embeddings handed to every block (Llama, SmolLM2, Mistral, Qwen2, Qwen3, Gemma (its embedding scales
+#   itself), OLMo, Phi-3);
+# "neox": as "rotary", with GPT-NeoX's names (embed_in, emb_dropout; the cache is passed as layer_past);
+# "bert": the embeddings module (token, position, token type; ELECTRA's projection after it), a padding mask.
+BLOCK_ENTRY = {"gpt2": "learned", "llama": "rotary", "mistral": "rotary", "qwen2": "rotary", "qwen3": "rotary",
+               "gemma": "rotary", "olmo": "rotary", "phi3": "rotary", "gpt_neox": "neox",
+               "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "camembert": "bert"}
+
+
+def block_entry(config) -> str | None:
+    """The `BLOCK_ENTRY` of a Hugging Face config, or None (the family is read through its own forward).
+    None too where the blocks get different masks (`per_layer_attention`) or a BERT-family model is a decoder."""
+    entry = BLOCK_ENTRY.get(getattr(config, "model_type", None))
+    if entry is None or per_layer_attention(config) or (entry == "bert" and getattr(config, "is_decoder", False)):
+        return None
+    return entry
+
+
+def attention_window(config) -> int | None:
+    """The sliding attention window that every block of a decoder uses, or None for full causal attention
+    (Mistral: ``sliding_window`` on every layer; Qwen2/Qwen3: a window only where ``layer_types`` say so)."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is not None and set(types) != {"sliding_attention"}:
+        return None
+    return window
 
 
 def get_path(module: nn.Module, path: str):

@@ -1,9 +1,12 @@
-"""Reading the blocks of a Hugging Face model during its own forward: the one mechanism every Hugging Face
-adapter uses (text encoders, causal LMs, vision transformers, the encoder stacks of encoder-decoder models).
+"""Reading the blocks of a Hugging Face model: what every Hugging Face adapter shares (text encoders, causal LMs,
+vision transformers, the encoder stacks of encoder-decoder models).
 
-A forward hook on each block records its output, and after block `upto` the forward stops (a real truncated
-forward, whatever the family does between blocks: masks, rotary embeddings, relative position biases). A
-forward pre-hook on block 1 records its input, the embedding output ("layer 0"), in the same forward.
+Where an adapter writes out what its family does before block 1 (``has_entry``, ``_entry``: GPT-2, the Llama
+family, the BERT family; `layersim.models.families.BLOCK_ENTRY`), the blocks run in an explicit loop. Otherwise
+the model's own forward runs them: a forward hook on each block records its output, and after block `upto` the
+forward stops (a real truncated forward, whatever the family does between blocks: masks, rotary embeddings,
+relative position biases); a forward pre-hook on block 1 records its input. Either way the embedding output
+("layer 0", the input of block 1) comes from the same pass.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .base import BlockState, Hidden, check_upto
+from .decoder import run_block
 from .families import find_blocks
 
 
@@ -48,7 +52,11 @@ class HFBlocks:
         """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
         forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
         inputs = self._model_inputs(batch)
-        tokens, rest, kwargs = self._block_state_parts(*self._block_entry(inputs))
+        if self.has_entry:
+            tokens, kwargs = self._entry(inputs)
+            rest = ()
+        else:
+            tokens, rest, kwargs = self._block_state_parts(*self._block_entry(inputs))
         return BlockState(tokens, 0, self._mask(inputs, tokens), torch.arange(tokens.shape[0], device=tokens.device),
                           input_ids=inputs.get("input_ids"), num_prefix=self.num_prefix, block_args=rest,
                           block_kwargs=kwargs)
@@ -66,6 +74,23 @@ class HFBlocks:
         """Where the blocks are, for `structure()`."""
         return f"{type(self.base).__name__}.{self.blocks_path}" if self.blocks_path else "not found"
 
+    def blocks_run_by(self) -> str:
+        """What runs the blocks, for `structure()`."""
+        return "the model's own forward (hooks on the blocks)"
+
+    def block_structure(self) -> dict:
+        return {"blocks at": self.blocks_at(), "blocks run by": self.blocks_run_by()}
+
+    # -- the explicit loop, where the family's entry is written out
+    @property
+    def has_entry(self) -> bool:
+        return False
+
+    def _entry(self, inputs: dict) -> tuple[torch.Tensor, dict]:
+        """(block 1's input (B, T, d), the keyword arguments every block takes), made as the model's own forward
+        makes them; only where ``has_entry``."""
+        raise NotImplementedError
+
     def block_modules(self) -> list[nn.Module]:
         if self._blocks is None or len(self._blocks) != self.num_layers:
             raise NotImplementedError(f"{self.name}: could not find its {self.num_layers} blocks as one ModuleList "
@@ -73,9 +98,16 @@ class HFBlocks:
         return list(self._blocks)
 
     def _block_outputs(self, inputs: dict, upto: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """(the raw outputs of blocks 1..upto, the input of block 1), read by hooks on the blocks during the
-        model's own forward of ``base(**inputs)``, which stops after block `upto`. Without a list of blocks
-        (ALBERT), Hugging Face's hidden states (whose first entry is the embedding output)."""
+        """(the raw outputs of blocks 1..upto, the input of block 1): by the explicit loop where the family's
+        entry is written out, else by hooks on the blocks during the model's own forward of ``base(**inputs)``,
+        which stops after block `upto`. Without a list of blocks (ALBERT), Hugging Face's hidden states (whose
+        first entry is the embedding output)."""
+        if self.has_entry:
+            h, kwargs = self._entry(inputs)
+            outputs = [h]
+            for block in self._blocks[:upto]:
+                outputs.append(run_block(block, outputs[-1], kwargs))
+            return outputs[1:], h
         if self._blocks is None:
             out = self.base(**inputs, output_hidden_states=True, **self.call_kwargs)
             return list(out.hidden_states[1:upto + 1]), out.hidden_states[0]

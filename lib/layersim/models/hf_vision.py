@@ -47,7 +47,7 @@ class HFVision(HFBlocks, LayerAdapter):
         head = {None: "none (a bare backbone)", "cls": "classifier on the class token",
                 "cls+distillation": "cls_classifier and distillation_classifier, averaged",
                 "cls+mean": "classifier on concat(class token, mean of the patch tokens)"}[self.head_kind]
-        return {**super().structure(), "family": self.model.config.model_type, "blocks at": self.blocks_at(),
+        return {**super().structure(), "family": self.model.config.model_type, **self.block_structure(),
                 "final norm at": f"{self.norm_path} (on "
                 + ("every token)" if self.norm_before_pool else "the pooled class token)"),
                 "leading tokens": self.num_prefix, "head": head}

@@ -40,7 +40,7 @@ class _EncoderStack:
     def structure(self) -> dict:
         whole = type(self.model).__name__
         has_decoder = any(name.split(".")[-1] == "decoder" for name, _ in self.model.named_modules())
-        return {**super().structure(), "family": self.model.config.model_type, "blocks at": self.blocks_at(),
+        return {**super().structure(), "family": self.model.config.model_type, **self.block_structure(),
                 "read": f"the encoder stack of {whole}" + (" (its decoder is not read)" if has_decoder else ""),
                 "final norm at": f"{type(self.base).__name__}.{self.norm_path}, after block L (layer l: the raw "
                                  "output of block l)", "head": "none (the decoder reads the encoder)"}

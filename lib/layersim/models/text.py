@@ -1,8 +1,11 @@
 """Adapters for Hugging Face text models: encoders (BERT family, pre-norm encoders, ModernBERT) and causal LMs.
 
-Block outputs are read by the model's own forward (`layersim.models.hf_blocks`: hooks on the blocks, the
-forward stopped after block `upto`). Where the blocks are and what follows them comes from
-`layersim.models.families`; the self-check verifies it against the model's own logits.
+Blocks are run by an explicit loop where layersim knows what the family does before block 1
+(`families.BLOCK_ENTRY`: GPT-2, the Llama family, the BERT family): the embeddings and the blocks' arguments are
+made as the model's own forward makes them, then the blocks run one by one up to `upto`. Every other family is
+read through the model's own forward (`layersim.models.hf_blocks`: hooks on the blocks, the forward stopped
+after block `upto`). Where the blocks are and what follows them comes from `layersim.models.families`; the
+self-check verifies both paths against the model's own forward and logits.
 
 The caller's tokenizer is never changed: texts are tokenised without padding and padded here, on the right.
 """
@@ -15,8 +18,9 @@ import torch.nn as nn
 
 from ..storage import stable_hash
 from .base import BlockState, Hidden, LayerAdapter
-from .families import (find_encoder_head, find_final_norm, find_projection, logit_rescaling, logit_softcap,
-                       per_layer_attention)
+from .decoder import DecoderSteps
+from .families import (block_entry, find_encoder_head, find_final_norm, find_projection, logit_rescaling,
+                       logit_softcap, per_layer_attention)
 from .hf_blocks import HFBlocks
 from ..validate import whole_number
 
@@ -48,7 +52,7 @@ class _HFText(HFBlocks, LayerAdapter):
 
     def structure(self) -> dict:
         return {**super().structure(), "family": self.model.config.model_type,
-                "blocks at": self.blocks_at()}
+                **self.block_structure()}
 
     # -- inputs
     def _pad_id(self) -> int:
@@ -135,6 +139,12 @@ class _HFText(HFBlocks, LayerAdapter):
     def _model_inputs(self, batch) -> dict:
         return self.encode(batch)
 
+    def blocks_run_by(self) -> str:
+        if self.has_entry:
+            return (f"layersim's explicit loop (embeddings and block arguments written out for "
+                    f"{block_entry(self.model.config)!r} families)")
+        return super().blocks_run_by()
+
     def begin(self, batch) -> BlockState:
         if per_layer_attention(self.model.config):
             raise NotImplementedError(f"{self.name}: its blocks take different attention masks (sliding windows), "
@@ -176,6 +186,20 @@ class HFEncoder(_HFText):
         self.readout_pooling = self.own_pooling
         if readout_pooling is not None:
             self.set_readout_pooling(readout_pooling, check=False)
+
+    @property
+    def has_entry(self) -> bool:
+        return block_entry(self.model.config) == "bert" and self._blocks is not None
+
+    def _entry(self, enc: dict) -> tuple[torch.Tensor, dict]:
+        """The BERT family: embeddings (ELECTRA's projection after them), then a bidirectional padding mask."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        h = self.base.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        if hasattr(self.base, "embeddings_project"):
+            h = self.base.embeddings_project(h)
+        mask = create_bidirectional_mask(config=self.base.config, inputs_embeds=h, attention_mask=enc["attention_mask"])
+        return h, {"attention_mask": mask}
 
     def settings(self) -> dict:
         out = super().settings()
@@ -254,6 +278,9 @@ class HFCausalLM(_HFText):
                              "is), or write a LayerAdapter subclass")
         self.softcap = logit_softcap(model.config)  # Gemma-2: the head ends in cap * tanh(logits / cap)
         self.num_classes = self.head.out_features
+        entry = block_entry(model.config) in ("learned", "rotary", "neox") and self._blocks is not None
+        self.steps = DecoderSteps(self, check=False) if entry else None  # checked by the self-check, and by
+        # `decoder_steps` before decoding with a cache
         if tokenizer is not None and len(tokenizer) > self.num_classes:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {self.name} reads out only "
                              f"{self.num_classes}: they do not belong together")
@@ -321,6 +348,16 @@ class HFCausalLM(_HFText):
 
     def norm(self, h):
         return self.norm_module(h) if self.norm_module is not None else h
+
+    @property
+    def has_entry(self) -> bool:
+        return self.steps is not None
+
+    def _entry(self, enc: dict) -> tuple[torch.Tensor, dict]:
+        """Token (and GPT-2's position) embeddings, then the causal mask with the padding and, for the Llama
+        family, the rotary embeddings (`DecoderSteps.embed`, `DecoderSteps.entry`, without a cache)."""
+        h = self.steps.embed(enc["input_ids"], 0, enc.get("token_type_ids"))
+        return h, self.steps.entry(h, 0, attention_mask=enc["attention_mask"])
 
     def begin(self, batch) -> BlockState:
         raise NotImplementedError(f"{self.name} is a causal LM: it is not stepped block by block (per-sample "

@@ -30,7 +30,8 @@ class ViTAdapter(LayerAdapter):
         return {**super().settings(), "config": asdict(self.model.config)}
 
     def structure(self) -> dict:
-        return {**super().structure(), "family": "layersim ViT", "final norm at": "norm", "head": "head"}
+        return {**super().structure(), "family": "layersim ViT", "final norm at": "norm", "head": "head",
+                "blocks run by": "layersim's explicit loop (VisionTransformer.hidden_states)"}
 
     def _images(self, batch) -> torch.Tensor:
         c = self.model.config
@@ -104,6 +105,7 @@ class TimmViTAdapter(LayerAdapter):
     def structure(self) -> dict:
         fc_norm = not isinstance(getattr(self.model, "fc_norm", nn.Identity()), nn.Identity)
         return {**super().structure(), "family": "timm " + type(self.model).__name__,
+                "blocks run by": "timm's explicit loop (forward_intermediates, stopping after block upto)",
                 "final norm at": "norm" if not isinstance(self.model.norm, nn.Identity) else "fc_norm (after pooling)"
                 if fc_norm else "none", "head": "head + head_dist, averaged" if self.distilled else "head"}
 

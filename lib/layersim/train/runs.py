@@ -74,8 +74,8 @@ class TrainResult:
         return self.adapter.model
 
     @property
-    def data_kind(self) -> str:
-        """What the run was trained on: "image" or "text" (classification), "lm" (language modelling)."""
+    def modality(self) -> str:
+        """What the model reads: "image" or "text" (classification), "lm" (language modelling)."""
         return self.info["kind"]
 
     @property
@@ -89,7 +89,7 @@ class TrainResult:
         in [0, 1] (`prepare` readies them for the model), a list of k texts, or for a language model
         (k, seq_len) token ids (labels all 0: the targets are the next tokens)."""
         if self._test is None:
-            if self.data_kind == "lm":
+            if self.modality == "lm":
                 sequences = lm_test_sequences(self.config, self.adapter.tokenizer)
                 self._test = Split(sequences, torch.zeros(len(sequences), dtype=torch.long))
             else:
