@@ -558,9 +558,9 @@ def test_encoder_decoder_models_are_named_as_such():
         adapt(transformers.BartModel(config))
 
 
-def tiny_t5(cls=transformers.T5ForConditionalGeneration):
+def tiny_t5(cls=transformers.T5ForConditionalGeneration, vocab_size=100):
     torch.manual_seed(0)
-    model = cls(transformers.T5Config(vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=3,
+    model = cls(transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=3,
                                       num_decoder_layers=2, num_heads=2)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -876,3 +876,24 @@ def test_gemma2_soft_capping_is_read_at_every_layer_and_never_fused_away(monkeyp
     assert torch.allclose(loss, expected, atol=1e-5)
     with pytest.raises(ValueError, match="fused=True needs a reader whose last step is one linear layer"):
         losses.layer_loss(vectors[0], adapter.reader, 1, targets, fused=True)
+
+
+def test_saved_vision_and_encoder_decoder_folders_load_as_saved(tmp_path, tokenizer):
+    """A saved Hugging Face vision model or encoder-decoder model loads as the class it was saved as (no
+    tokenizer for images and audio) and is read as in memory."""
+    from layersim.models import HFVision, T5EncoderStack, WhisperEncoderStack
+
+    dinov2 = tiny_vision(transformers.Dinov2ForImageClassification, transformers.Dinov2Config, num_labels=3)
+    dinov2.save_pretrained(tmp_path / "dinov2")
+    t5 = tiny_t5(vocab_size=len(tokenizer))
+    save_hf(t5, tokenizer, tmp_path / "t5")
+    tiny_whisper(transformers.WhisperModel).save_pretrained(tmp_path / "whisper")
+    vision, text, audio = (load_model(tmp_path / name) for name in ("dinov2", "t5", "whisper"))
+    assert (type(vision), type(text), type(audio)) == (HFVision, T5EncoderStack, WhisperEncoderStack)
+    assert type(text.model).__name__ == "T5ForConditionalGeneration" and text.tokenizer is not None
+    assert type(audio.model).__name__ == "WhisperModel" and audio.modality == "audio"
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(vision.logits(x), dinov2(x).logits, atol=1e-5)
+        ids = text.encode(["a short text", "another one"])
+        assert torch.allclose(text.hidden_states(ids).states, adapt(t5).hidden_states(ids).states, atol=1e-5)
