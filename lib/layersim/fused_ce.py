@@ -175,13 +175,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if reduction == "sum":
         return segments_cross_entropy([hidden], weight, bias, [targets], one, 1, chunk_rows=chunk_rows,
                                       ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
-    ignore_index = whole_number(ignore_index, "ignore_index")
-    tensor_arg(targets, "targets", nonempty=False, what="(N,) integer class indices, one per row of hidden")
-    count = (targets != ignore_index).sum()
-    if int(count) == 0:
-        raise ValueError("every target is ignore_index (or there are no rows): there is nothing to compute a mean "
-                         "loss over")
-    return segments_cross_entropy([hidden], weight, bias, [targets], one, count, chunk_rows=chunk_rows,
+    return segments_cross_entropy([hidden], weight, bias, [targets], one, None, chunk_rows=chunk_rows,
                                   ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
 
 
@@ -191,8 +185,8 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
     """Several segments of rows read by one linear layer, each with its own loss weight, in one fused call.
 
     hiddens: G tensors (n_g, d); targets: G tensors (n_g,); weight (V, d), bias (V,) or None; weights (G,)
-    finite, >= 0; divisor: a positive number or 0-dim integer tensor (the count of non-ignored targets, for a
-    mean). Returns ``(loss, totals)``: loss = sum_g weights[g] * totals[g] / divisor, a scalar with its
+    finite, >= 0; divisor: a positive number or 0-dim integer tensor, or None for the count of non-ignored
+    targets (a mean; an error when every target is ignored). Returns ``(loss, totals)``: loss = sum_g weights[g] * totals[g] / divisor, a scalar with its
     gradient, and totals (G,) the summed cross-entropy of each segment's rows (no gradient). The aligned loss
     reads its layers as segments (``layersim.losses``): one weight-sized gradient for all of them.
     """
@@ -209,7 +203,12 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
     for h, t in zip(hiddens, targets):
         _check(h, weight, bias, t, chunk_rows, ignore_index)
     weights = layer_weights(weights, len(hiddens), "weights", what="segment weights", dtype=None, not_all_zero=False)
-    if isinstance(divisor, torch.Tensor):
+    if divisor is None:
+        divisor = sum((t != ignore_index).sum() for t in targets) if len(targets) > 1 else (targets[0] != ignore_index).sum()
+        if int(divisor) == 0:
+            raise ValueError("every target is ignore_index (or there are no rows): there is nothing to compute a mean "
+                             "loss over")
+    elif isinstance(divisor, torch.Tensor):
         if divisor.dim() != 0 or divisor.is_complex() or divisor.dtype == torch.bool or not bool(divisor > 0):
             raise ValueError(f"divisor must be a positive number or 0-dim tensor, got {describe(divisor)}")
     else:

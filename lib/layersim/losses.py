@@ -137,8 +137,7 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
     logits = tensor_arg(logits, "logits", ndim=3, kind="float", what="(L, n, C) logits (layers, samples, classes)")
     L, n, C = logits.shape
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
-    targets = _targets(targets, n, C, ignore_index)
-    same_device(logits=logits, targets=targets)
+    targets = _targets(targets, n, C, ignore_index, logits=logits)
     flat = F.cross_entropy(logits.reshape(L * n, C), targets.repeat(L), reduction="none",
                            label_smoothing=label_smoothing, ignore_index=ignore_index).view(L, n)
     kept = (targets != ignore_index).sum()
@@ -147,10 +146,12 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
     return flat.sum(1) / kept
 
 
-def _targets(targets, n: int, num_classes: int | None, ignore_index) -> torch.Tensor:
-    """The (n,) integer targets tensor of a loss, each in [0, num_classes) or `ignore_index`."""
+def _targets(targets, n: int, num_classes: int | None, ignore_index, **beside) -> torch.Tensor:
+    """The (n,) integer targets tensor of a loss, each in [0, num_classes) or `ignore_index`, on the device of the
+    tensor `beside` names (e.g. logits=...)."""
     ignore_index = whole_number(ignore_index, "ignore_index")
     targets = tensor_arg(targets, "targets", what=f"({n},) integer class indices", nonempty=False)
+    same_device(**beside, targets=targets)
     return check_labels(targets, n, num_classes, name="targets", ignore_index=ignore_index)
 
 
@@ -268,8 +269,7 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
                          f"{tuple(scales.shape)}")
     if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
         raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
-    targets = _targets(targets, n, None, ignore_index)
-    same_device(vectors=vectors, targets=targets)
+    targets = _targets(targets, n, None, ignore_index, vectors=vectors)
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     count = (targets != ignore_index).sum()
     if int(count) == 0:
@@ -321,6 +321,8 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
     """
     if sampling not in LAYER_SAMPLING:
         raise ValueError(f"unknown layer sampling {sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     weights = layer_weights(weights, None, "weights").cpu()
     rows = whole_number(rows, "rows", low=1)
     L = weights.numel()
@@ -345,7 +347,8 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
 def draw_seed(seed: int, step: int, micro: int = 0) -> int:
     """The seed of the layer draws of (run seed, optimizer step, micro-batch): their own stream (4), apart from
     the training loop's data order, augmentation and dropout."""
-    return int(np.random.SeedSequence([int(seed), 4, int(step), int(micro)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    seed, step, micro = (whole_number(v, name, low=0) for v, name in ((seed, "seed"), (step, "step"), (micro, "micro")))
+    return int(np.random.SeedSequence([seed, 4, step, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # ---- objectives on adapters ----------------------------------------------------------------------------
@@ -415,7 +418,7 @@ class AlignedLoss(LayerwiseObjective):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
         if layer_sampling not in LAYER_SAMPLING:
             raise ValueError(f"unknown layer sampling {layer_sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
-        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed")
+        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed", low=0)
         self._draw, self._calls = None, 0
 
     def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
@@ -471,7 +474,12 @@ def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[floa
     or for our ViT built with ``multi_exit=True`` its own). layer_sampling, seed: the aligned objective's
     estimator (see `AlignedLoss`); only "none" for the others.
     """
+    from .models import LayerAdapter
+
     check_objective(objective)
+    if not isinstance(adapter, LayerAdapter):
+        raise ArgumentTypeError(f"adapter must be a layersim adapter (layersim.models.adapt(model)), got "
+                                f"{type(adapter).__name__}")
     if layer_sampling != "none" and objective != "aligned":
         raise ValueError(f"layer_sampling={layer_sampling!r} estimates the aligned loss; objective {objective!r} "
                          "takes layer_sampling='none'")

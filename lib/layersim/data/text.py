@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..validate import real_number, whole_number
+from ..validate import ArgumentTypeError, real_number, whole_number
 from .common import OFFLINE_PACKAGES, SourceNotFoundError, TextData, _check_count, _split_indices, _subsample
 
 
@@ -370,7 +370,11 @@ def load_wikitext103_corpus(*, local_dir: Optional[os.PathLike] = None, raw: boo
 
 
 def load_text_file(path: os.PathLike, *, test_fraction: float = 0.1) -> TextData:
-    """A plain UTF-8 text file: non-empty lines, the last `test_fraction` of them as the test split."""
+    """A plain UTF-8 text file: non-empty lines, the last `test_fraction` of them as the test split (both splits
+    hold at least one line: a file of fewer than 2 lines, or a fraction that leaves a split empty, is an error)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a path (a str or os.PathLike) of a UTF-8 text file, got "
+                                f"{type(path).__name__}")
     test_fraction = real_number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
                                 what="a number in (0, 1)")
     path = Path(path)

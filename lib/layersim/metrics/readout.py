@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..validate import as_predictions, check_labels, num_classes_of, whole_number  # noqa: F401  (their home is layersim.validate)
+from ..validate import as_predictions, check_labels, num_classes_of, tensor_arg, whole_number  # noqa: F401  (their home is layersim.validate)
 
 __all__ = ["as_predictions", "check_labels", "saturation_layer", "layerwise_accuracy", "readout_stats"]
 
@@ -78,7 +78,22 @@ def readout_stats(logits: torch.Tensor, *, final_pred: Optional[torch.Tensor] = 
       of the target (its negative is the cross-entropy; perplexity = exp(-mean));
     - with ``confidence=True`` "confidence" (the top probability) and "entropy" (nats);
     - with `topk` "topk_ids" and "topk_probs" (..., n, k).
+    Checked (`layersim.validate`): logits a floating-point tensor of at least 2 dimensions without NaN (-inf is a
+    logit of probability 0); final_pred and targets (n,) class indices in [0, C); topk a positive integer.
     """
+    tensor_arg(logits, "logits", kind="float", what="(..., n, C) logits")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must be (..., n, C) logits (at least 2 dimensions), got shape {tuple(logits.shape)}")
+    if bool(torch.isnan(logits).any()):
+        raise ValueError(f"logits holds {int(torch.isnan(logits).sum())} NaN values: a readout of them means nothing; "
+                         "check the model's outputs")
+    n, C = logits.shape[-2:]
+    for name, index in (("final_pred", final_pred), ("targets", targets)):
+        if index is not None:
+            check_labels(tensor_arg(index, name, nonempty=False, what=f"({n},) class indices"), n, C, name=name,
+                         where=f"C = {C} classes in the logits")
+    if topk is not None:
+        topk = whole_number(topk, "topk", low=1)
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     top, preds = logp.max(dim=-1)
     out = {"preds": preds}
