@@ -586,3 +586,24 @@ def test_every_public_function_has_an_entry():
     rows_for = {p.values[0] for p in ROWS}
     assert sorted(set(VALID) - rows_for - {"metrics.StreamingMean", "metrics.StreamingCKA", "metrics.MinibatchCKA"}) == []
     assert len(ROWS) >= 80
+
+
+def test_labels_against_bare_predictions_are_checked_with_num_classes_only():
+    """Item 5 of issue 18: with (L, n) predictions C is unknown. The largest prediction is no bound on the labels
+    (a class no layer predicts is still a class), so without num_classes only negative labels are refused, and a
+    label above every prediction is counted as a miss; with num_classes=C labels and predictions are checked
+    against [0, C)."""
+    preds = torch.tensor([[0, 1, 1], [1, 1, 0]])  # no layer predicts class 2
+    labels = torch.tensor([1, 2, 0])
+    assert ee.overthinking(preds, labels).final_accuracy == pytest.approx(2 / 3)  # sample 1 (label 2) is a miss
+    assert ee.overthinking(preds, labels, num_classes=3).oracle_accuracy == pytest.approx(2 / 3)
+    assert metrics.layerwise_accuracy(preds, labels, num_classes=3).tolist() == pytest.approx([0.0, 2 / 3])
+    for call in (lambda **kw: ee.overthinking(preds, labels, **kw), lambda **kw: ee.simulate(ee.PatienceExit(1), preds,
+                 labels, **kw), lambda **kw: ee.sweep(preds, labels, "fixed", **kw),
+                 lambda **kw: ee.minimal_depth(preds, labels=labels, **kw),
+                 lambda **kw: metrics.layerwise_accuracy(preds, labels, **kw)):
+        call()  # accepted: 2 may be a class
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 2\)"):
+            call(num_classes=2)
+        with pytest.raises(ValueError, match=r"predictions up to 1, outside the num_classes=1"):
+            call(num_classes=1)
