@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .validate import ArgumentTypeError, describe, check_labels, layer_weights, real_number, same_device, tensor_arg, whole_number
+from .validate import (ArgumentTypeError, check_labels, describe, layer_weights, real_number, same_device, tensor_arg,
+                       whole_number)
 
 # rows per chunk: about this many logits at once (64 MB of float32), whatever the vocabulary
 CHUNK_ELEMENTS = 2 ** 24
@@ -186,9 +187,10 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
 
     hiddens: G tensors (n_g, d); targets: G tensors (n_g,); weight (V, d), bias (V,) or None; weights (G,)
     finite, >= 0; divisor: a positive number or 0-dim integer tensor, or None for the count of non-ignored
-    targets (a mean; an error when every target is ignored). Returns ``(loss, totals)``: loss = sum_g weights[g] * totals[g] / divisor, a scalar with its
-    gradient, and totals (G,) the summed cross-entropy of each segment's rows (no gradient). The aligned loss
-    reads its layers as segments (``layersim.losses``): one weight-sized gradient for all of them.
+    targets (a mean; an error when every target is ignored). Returns ``(loss, totals)``: loss = sum_g weights[g]
+    * totals[g] / divisor, a scalar with its gradient, and totals (G,) the summed cross-entropy of each
+    segment's rows (no gradient). The aligned loss reads its layers as segments (``layersim.losses``): one
+    weight-sized gradient for all of them.
     """
     for name, value in (("hiddens", hiddens), ("targets", targets)):
         if isinstance(value, torch.Tensor) or not isinstance(value, (list, tuple)):
@@ -204,7 +206,7 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
         _check(h, weight, bias, t, chunk_rows, ignore_index)
     weights = layer_weights(weights, len(hiddens), "weights", what="segment weights", dtype=None, not_all_zero=False)
     if divisor is None:
-        divisor = sum((t != ignore_index).sum() for t in targets) if len(targets) > 1 else (targets[0] != ignore_index).sum()
+        divisor = sum((t != ignore_index).sum() for t in targets[1:]) + (targets[0] != ignore_index).sum()
         if int(divisor) == 0:
             raise ValueError("every target is ignore_index (or there are no rows): there is nothing to compute a mean "
                              "loss over")

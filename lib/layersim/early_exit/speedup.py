@@ -129,7 +129,8 @@ def _check_costs(costs) -> tuple:
         part = tensor_arg(to_tensor(costs[key], f"costs[{key!r}]"), f"costs[{key!r}]", ndim=1, kind="real", finite=True,
                           what="seconds per number of new tokens (from measure_decode_costs)")
         if len(part) < 2 or bool((part < 0).any()):
-            raise ValueError(f"costs[{key!r}] must hold at least 2 times >= 0 (q = 1 and 2 new tokens), got {part.tolist()}")
+            raise ValueError(f"costs[{key!r}] must hold at least 2 times >= 0 (q = 1 and 2 new tokens), got "
+                             f"{part.tolist()}")
         parts.append(part.tolist())
     return (L, *parts)
 

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from ..validate import as_predictions, check_labels, num_classes_of, tensor_arg, whole_number  # noqa: F401  (their home is layersim.validate)
+# as_predictions and check_labels live in layersim.validate; importable from here as before
+from ..validate import as_predictions, check_labels, num_classes_of, tensor_arg, whole_number  # noqa: F401
 
 __all__ = ["as_predictions", "check_labels", "saturation_layer", "layerwise_accuracy", "readout_stats"]
 
