@@ -256,7 +256,7 @@ def simulate(policy: ExitPolicy, outputs, labels=None, *, flops=None, num_classe
     num_layers, n = source.num_layers, source.num_samples
     policy.check(num_layers)
     if labels is not None:
-        labels = exit_labels(labels, n, source.num_classes)
+        labels = exit_labels(labels, n, source.num_classes).cpu()  # the exits and predictions are kept on the CPU
     flops = check_flops(flops, num_layers)
     exit_layer = torch.zeros(n, dtype=torch.long)
     preds = torch.zeros(n, dtype=torch.long)
@@ -314,7 +314,7 @@ def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=Non
         raise ValueError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
     num_points = whole_number(num_points, "num_points", low=2, what="an integer >= 2 (thresholds per policy)")
     summaries = as_summaries(outputs, num_classes)
-    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes)
+    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes).to(summaries.preds.device)
     flops = check_flops(flops, summaries.num_layers)
     if values is None:
         values = _default_values(policy, summaries, num_points)
