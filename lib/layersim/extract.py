@@ -44,7 +44,7 @@ from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, re
 from . import progress as _progress
 from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, hash_tensor, load_or_build,
                       stable_hash, weights_fingerprint)
-from .validate import whole_number
+from .validate import ArgumentTypeError, describe, tensor_arg, whole_number
 
 CACHE_FORMAT = 2
 # the model's final norm on the features: "raw" block outputs, "normed" (every layer, as the model reads layer L)
@@ -131,6 +131,9 @@ def iter_batches(data, batch_size: int, labels=None) -> Iterator[tuple]:
         return
     if labels is not None:
         raise ValueError("labels= is only for a list of texts or a tensor; a loader yields (inputs, labels)")
+    if not isinstance(data, torch.utils.data.Dataset) and not hasattr(data, "__iter__"):
+        raise ArgumentTypeError(f"data must be a list of strings, a tensor of images, a Dataset or an iterable of "
+                                f"batches, got {describe(data)}")
     if isinstance(data, torch.utils.data.Dataset):  # samples, not batches: batch them in order
         data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
     if isinstance(data, (list, tuple)) and len(data) == 0:
@@ -284,6 +287,7 @@ def normed_features(adapter: LayerAdapter, features: torch.Tensor, mode: str, la
     norm runs on the model's device and dtype; the result keeps the features'. Post-norm encoders have no final
     norm: all three are the same."""
     check_feature_norm(mode)
+    tensor_arg(features, "features", ndim=3, kind="float", what="(L', n, d) features")
     numbers = list(range(1, features.shape[0] + 1)) if layers is None else list(layers)
     if mode == "raw":
         return features
@@ -373,7 +377,7 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
     reader_id = "shared head" if reader is None or reader is adapter.reader else {
         "reader": type(reader).__name__, "weights": weights_fingerprint(reader)}
     keep_logits = (not is_vocab) if keep_logits is None else keep_logits
-    topk = (5 if is_vocab else None) if topk is None else topk
+    topk = (5 if is_vocab else None) if topk is None else whole_number(topk, "topk", low=1)
     settings = {"format": CACHE_FORMAT, "pooling": pooling, "layers": [i + 1 for i in index],
                 "readout": bool(readout), "keep_logits": bool(keep_logits), "topk": topk,
                 "feature_norm": feature_norm, "dtype": str(dtype), "batch_size": batch_size,

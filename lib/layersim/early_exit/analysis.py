@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from layersim.metrics import layerwise_accuracy, saturation_layer
-from layersim.metrics.readout import SATURATION_NUMBERING, check_labels, readout_stats
-from layersim.validate import real_number, whole_number
+from layersim.metrics.readout import SATURATION_NUMBERING, readout_stats
+from layersim.validate import (ArgumentTypeError, as_predictions, check_labels, describe, real_number, tensor_arg,
+                               to_tensor, whole_number)
 
 __all__ = ["LayerSummaries", "summarize", "as_summaries", "final_prediction_prob",
            "SaturationStats", "saturation", "Overthinking", "overthinking", "minimal_depth", "Calibration",
@@ -39,7 +40,8 @@ class LayerSummaries:
     confidence: the largest softmax probability of each layer (the confidence of its prediction).
     entropy: the entropy of each layer's softmax distribution, in nats.
     final_prob: the probability each layer gives to the final layer's prediction.
-    num_classes: C, when known (from logits): labels are checked against [0, C).
+    num_classes: C, when known (from logits, or given): labels and predictions are checked against [0, C).
+    Predictions must be non-negative integers, the other fields finite.
     """
 
     preds: torch.Tensor
@@ -49,16 +51,19 @@ class LayerSummaries:
     num_classes: Optional[int] = None
 
     def __post_init__(self):
-        if not isinstance(self.preds, torch.Tensor) or self.preds.dim() != 2:
-            raise ValueError(f"preds must be an (L, n) tensor, got {_describe(self.preds)}")
+        tensor_arg(self.preds, "preds", ndim=2, nonempty=False, what="(L, n) per-layer predictions")
         if 0 in self.preds.shape:
             raise ValueError(f"per-layer outputs need at least one layer and one sample; got shape "
                              f"{tuple(self.preds.shape)} (an empty batch has no accuracy, exit or saturation)")
         if self.num_classes is not None:
             self.num_classes = whole_number(self.num_classes, "num_classes", low=1)
+        self.preds = as_predictions(self.preds, "preds", num_classes=self.num_classes)
         for f in fields(self)[1:4]:
             value = getattr(self, f.name)
-            if value is not None and tuple(value.shape) != tuple(self.preds.shape):
+            if value is None:
+                continue
+            tensor_arg(value, f.name, kind="float", finite=True, nonempty=False, what="(L, n) per-layer values")
+            if tuple(value.shape) != tuple(self.preds.shape):
                 raise ValueError(f"{f.name} has shape {tuple(value.shape)}, preds {tuple(self.preds.shape)}: "
                                  "every summary must be (L, n)")
 
@@ -99,10 +104,6 @@ class LayerSummaries:
                    final_prob=None if out.final_prob is None else torch.as_tensor(out.final_prob).float())
 
 
-def _describe(x) -> str:
-    return f"shape {tuple(x.shape)} ({x.dtype})" if hasattr(x, "shape") else type(x).__name__
-
-
 def _layer_summary(logits: torch.Tensor, final_pred: Optional[torch.Tensor] = None) -> dict:
     """(m, C) logits of one layer -> dict of (m,) preds, confidence, entropy (and final_prob)."""
     return readout_stats(logits, final_pred=final_pred, confidence=True)
@@ -115,8 +116,8 @@ def _as_logits(logits) -> torch.Tensor:
                                                             for x in logits):
         logits = torch.stack([torch.as_tensor(x) for x in logits])
     if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"expected per-layer logits (L, n, C), predictions (L, n) or LayerSummaries, got "
-                        f"{type(logits).__name__}")
+        raise ArgumentTypeError(f"outputs must be per-layer logits (L, n, C), predictions (L, n), an Extraction or "
+                                f"LayerSummaries, got {describe(logits)}")
     return logits
 
 
@@ -133,11 +134,10 @@ def summarize(logits) -> LayerSummaries:
     """(L, n, C) per-layer logits -> `LayerSummaries` (argmax, max probability, entropy, probability of
     the final layer's prediction), computed one layer at a time (memory of one (n, C) softmax)."""
     logits = _as_logits(logits)
-    if logits.dim() != 3 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor (L, n, C), got {_describe(logits)}")
-    check_finite(logits)
+    tensor_arg(logits, "logits", ndim=3, kind="float", nonempty=False, what="(L, n, C) per-layer logits")
     if 0 in logits.shape:
         raise ValueError(f"logits must have at least one layer, sample and class, got shape {tuple(logits.shape)}")
+    check_finite(logits)
     final_pred = logits[-1].argmax(-1)
     per_layer = [_layer_summary(logits[l], final_pred) for l in range(logits.shape[0])]
     return LayerSummaries(**{k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]},
@@ -156,7 +156,7 @@ def cost_vector(value, name: str, num_layers: int, *, increasing: bool = False) 
         cost = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor) else value,
                                dtype=torch.float64).flatten()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a sequence of {num_layers} numbers (one per layer 1..{num_layers}), "
+        raise ArgumentTypeError(f"{name} must be a sequence of {num_layers} numbers (one per layer 1..{num_layers}), "
                         f"got {type(value).__name__} {value!r:.60}") from None
     rule = "positive, non-decreasing cumulative costs" if increasing else "finite costs >= 0"
     bad = (cost.shape[0] != num_layers or not bool(torch.isfinite(cost).all())
@@ -166,20 +166,35 @@ def cost_vector(value, name: str, num_layers: int, *, increasing: bool = False) 
     return cost
 
 
-def as_summaries(outputs) -> LayerSummaries:
-    """Logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries` -> `LayerSummaries`."""
+def as_summaries(outputs, num_classes: Optional[int] = None) -> LayerSummaries:
+    """Logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries` -> `LayerSummaries`.
+
+    num_classes: C, for outputs that do not carry it (bare predictions, an Extraction without logits): labels
+    and predictions are then checked against [0, C). Without it, bare predictions only have their labels checked
+    to be >= 0; the largest prediction is no bound on the labels (a class no layer predicts is still a class).
+    Given with logits, it must equal their C.
+    """
+    if num_classes is not None:
+        num_classes = whole_number(num_classes, "num_classes", low=1)
     if isinstance(outputs, LayerSummaries):
-        return outputs
-    if hasattr(outputs, "preds") and hasattr(outputs, "final_prob"):  # an Extraction
-        return LayerSummaries.from_extraction(outputs)
-    tensor = _as_logits(outputs)
-    if tensor.dim() == 2 and not tensor.is_floating_point() and not tensor.is_complex():
-        if tensor.dtype == torch.bool:
-            raise ValueError("per-layer predictions must be integer class indices, got a bool tensor")
-        return LayerSummaries(tensor.long())
-    if tensor.dim() == 3:
-        return summarize(tensor)
-    raise ValueError(f"expected per-layer logits (L, n, C) or integer predictions (L, n), got {_describe(tensor)}")
+        summaries = outputs
+    elif hasattr(outputs, "preds") and hasattr(outputs, "final_prob"):  # an Extraction
+        summaries = LayerSummaries.from_extraction(outputs)
+    else:
+        tensor = _as_logits(outputs)
+        if tensor.dim() == 2 and not tensor.is_floating_point() and not tensor.is_complex():
+            if tensor.dtype == torch.bool:
+                raise ValueError("per-layer predictions must be integer class indices, got a bool tensor")
+            return LayerSummaries(tensor, num_classes=num_classes)
+        if tensor.dim() != 3:
+            raise ValueError(f"outputs must be per-layer logits (L, n, C) or integer predictions (L, n), got "
+                             f"{describe(tensor)}")
+        summaries = summarize(tensor)
+    if num_classes is None or summaries.num_classes == num_classes:
+        return summaries
+    if summaries.num_classes is not None:
+        raise ValueError(f"num_classes={num_classes} but the outputs have C={summaries.num_classes} classes")
+    return LayerSummaries(summaries.preds, summaries.confidence, summaries.entropy, summaries.final_prob, num_classes)
 
 
 # ---- probability of the final prediction ----------------------------------------------------------------
@@ -245,13 +260,14 @@ class Overthinking:
     wasted_fraction: float
 
 
-def overthinking(outputs, labels, *, layer_cost=None) -> Overthinking:
+def overthinking(outputs, labels, *, layer_cost=None, num_classes: Optional[int] = None) -> Overthinking:
     """Samples right at some layer but wrong at the last, and the computation spent after the first
     correct layer. outputs: logits (L, n, C), predictions (L, n), an Extraction or `LayerSummaries`;
     labels: (n,) class indices. layer_cost: (L,) cumulative cost (e.g. FLOPs) of reaching layer 1..L,
-    increasing; default 1, 2, ..., L. Returns `Overthinking`.
+    increasing; default 1, 2, ..., L. num_classes: C for bare predictions (see `as_summaries`). Returns
+    `Overthinking`.
     """
-    summaries = as_summaries(outputs)
+    summaries = as_summaries(outputs, num_classes)
     preds = summaries.preds
     num_layers, n = preds.shape
     labels = exit_labels(labels, n, summaries.num_classes).to(preds.device)
@@ -271,20 +287,23 @@ def overthinking(outputs, labels, *, layer_cost=None) -> Overthinking:
 
 
 # ---- minimal depth ---------------------------------------------------------------------------------------
-def minimal_depth(accuracy, fraction: float = 0.99, *, labels=None) -> int:
+def minimal_depth(accuracy, fraction: float = 0.99, *, labels=None, num_classes: Optional[int] = None) -> int:
     """The first layer (1..L) whose accuracy reaches `fraction` of the last layer's accuracy.
 
     accuracy: (L,) layer-wise accuracies; or per-layer outputs (logits (L, n, C) / predictions (L, n))
-    together with ``labels`` (n,). fraction: in (0, 1] (e.g. 0.99: within 1 % of the full model).
+    together with ``labels`` (n,) (and `num_classes` for bare predictions, see `as_summaries`). fraction: in
+    (0, 1] (e.g. 0.99: within 1 % of the full model).
     """
     fraction = real_number(fraction, "fraction", low=0, high=1, low_open=True,
                            what="a number in (0, 1] (share of the last layer's accuracy)")
     if labels is not None:
-        summaries = as_summaries(accuracy)
+        summaries = as_summaries(accuracy, num_classes)
         acc = layerwise_accuracy(summaries.preds, exit_labels(labels, summaries.num_samples, summaries.num_classes))
     else:
-        acc = torch.as_tensor(np.asarray(accuracy) if isinstance(accuracy, (list, tuple)) else accuracy,
-                              dtype=torch.float64)
+        acc = to_tensor(accuracy, "accuracy")
+        if acc.is_complex() or acc.dtype == torch.bool:
+            raise ValueError(f"accuracy must be real numbers in [0, 1], got dtype {acc.dtype}")
+        acc = acc.to(torch.float64)
         if acc.dim() != 1 or acc.numel() == 0:
             raise ValueError(f"accuracy must be an (L,) vector of layer-wise accuracies (or pass per-layer outputs "
                              f"with labels=...), got shape {tuple(acc.shape)}")
@@ -313,14 +332,15 @@ class Calibration:
     bin_accuracy: torch.Tensor
 
 
-def calibration(outputs, labels, *, num_bins: int = 15) -> Calibration:
+def calibration(outputs, labels, *, num_bins: int = 15, num_classes: Optional[int] = None) -> Calibration:
     """Expected calibration error and reliability-curve data of every exit.
 
     outputs: logits (L, n, C), an Extraction with top-k probabilities, or `LayerSummaries` with
-    confidence; labels: (n,) class indices; num_bins: equal-width bins of the confidence (>= 1).
+    confidence; labels: (n,) class indices; num_bins: equal-width bins of the confidence (>= 1); num_classes:
+    C for outputs that do not carry it (see `as_summaries`).
     """
     num_bins = whole_number(num_bins, "num_bins", low=1)
-    summaries = as_summaries(outputs)
+    summaries = as_summaries(outputs, num_classes)
     conf = summaries.require("confidence", "calibration").double()
     labels = exit_labels(labels, summaries.num_samples, summaries.num_classes).to(conf.device)
     correct = (summaries.preds == labels[None]).double()

@@ -24,7 +24,7 @@ import torch
 
 from layersim.metrics.readout import check_labels, readout_stats
 from layersim.models import adapt, as_reader, eval_mode
-from layersim.validate import whole_number
+from layersim.validate import ArgumentTypeError, whole_number
 
 from .policies import ExitPolicy, ExitResult
 from .speculative import prompt_ids
@@ -165,6 +165,10 @@ def paired_speedup(reference: Callable[[], object], candidate: Callable[[], obje
     -> dict with speedup (median paired ratio), reference_s and candidate_s (medians), and the raw times.
     """
     repeats = whole_number(repeats, "repeats", low=1)
+    warmup = whole_number(warmup, "warmup", low=0)
+    for name, fn in (("reference", reference), ("candidate", candidate)):
+        if not callable(fn):
+            raise ArgumentTypeError(f"{name} must be a function of no arguments to time, got {type(fn).__name__}")
     for _ in range(warmup):
         reference(), candidate()
     t_ref, t_cand = [], []

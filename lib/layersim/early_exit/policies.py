@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import pandas as pd
 import torch
 
-from layersim.validate import real_number, whole_number
+from layersim.validate import ArgumentTypeError, real_number, whole_number
 
 from .analysis import LayerSummaries, _as_logits, _layer_summary, as_summaries, check_finite, cost_vector, exit_labels
 
@@ -208,14 +208,15 @@ class _SummarySource:
         return {name: value[layer - 1, rows.to(value.device)] for name, value in self.fields.items()}
 
 
-def _source(outputs, policy: ExitPolicy):
-    if isinstance(outputs, torch.Tensor) and outputs.dim() == 3 and outputs.is_floating_point():
-        return _LogitSource(outputs)
+def _source(outputs, policy: ExitPolicy, num_classes: Optional[int] = None):
     if not isinstance(outputs, (LayerSummaries, torch.Tensor)) and not hasattr(outputs, "preds"):
         outputs = _as_logits(outputs)
-        if outputs.dim() == 3 and outputs.is_floating_point():
-            return _LogitSource(outputs)
-    return _SummarySource(as_summaries(outputs), policy.reads, f"the {policy.name} exit policy")
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 3 and outputs.is_floating_point():
+        source = _LogitSource(outputs)
+        if num_classes is not None and whole_number(num_classes, "num_classes", low=1) != source.num_classes:
+            raise ValueError(f"num_classes={num_classes} but the logits have C={source.num_classes} classes")
+        return source
+    return _SummarySource(as_summaries(outputs, num_classes), policy.reads, f"the {policy.name} exit policy")
 
 
 def exit_cost(flops, exit_layer: torch.Tensor, policy: ExitPolicy) -> Optional[float]:
@@ -240,21 +241,22 @@ def check_flops(flops, num_layers: int):
     return cost_vector(flops, "flops (a FlopsProfile or the cost of exiting at each layer)", num_layers)
 
 
-def simulate(policy: ExitPolicy, outputs, labels=None, *, flops=None) -> ExitResult:
+def simulate(policy: ExitPolicy, outputs, labels=None, *, flops=None, num_classes: Optional[int] = None) -> ExitResult:
     """Run `policy` over cached per-layer outputs, layer by layer, reading only the samples still running.
 
     outputs: logits (L, n, C) (summarised layer by layer for the running samples only), predictions (L, n)
     or `LayerSummaries` / an Extraction. labels: (n,) class indices, for the accuracy. flops: a
-    `FlopsProfile` or an (L,) per-sample cost of exiting at layer l, for the expected FLOPs.
-    -> `ExitResult` with exit_layer (n,) and preds (n,).
+    `FlopsProfile` or an (L,) per-sample cost of exiting at layer l, for the expected FLOPs. num_classes: C for
+    outputs that do not carry it (bare predictions: labels and predictions are then checked against [0, C); see
+    `as_summaries`). -> `ExitResult` with exit_layer (n,) and preds (n,).
     """
     if not isinstance(policy, ExitPolicy):
-        raise TypeError(f"policy must be an ExitPolicy (e.g. ConfidenceExit(0.9)), got {type(policy).__name__}")
-    source = _source(outputs, policy)
+        raise ArgumentTypeError(f"policy must be an ExitPolicy (e.g. ConfidenceExit(0.9)), got {type(policy).__name__}")
+    source = _source(outputs, policy, num_classes)
     num_layers, n = source.num_layers, source.num_samples
     policy.check(num_layers)
     if labels is not None:
-        labels = exit_labels(labels, n, source.num_classes)
+        labels = exit_labels(labels, n, source.num_classes).cpu()  # the exits and predictions are kept on the CPU
     flops = check_flops(flops, num_layers)
     exit_layer = torch.zeros(n, dtype=torch.long)
     preds = torch.zeros(n, dtype=torch.long)
@@ -295,13 +297,15 @@ def _default_values(name: str, summaries: LayerSummaries, num_points: int) -> li
     return sorted(set(round(v, 12) for v in extra if (0 <= v <= 1 if name == "confidence" else v >= 0)))
 
 
-def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=None, num_points: int = 41) -> pd.DataFrame:
+def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=None, num_points: int = 41,
+          num_classes: Optional[int] = None) -> pd.DataFrame:
     """Accuracy against expected depth (and FLOPs) for one policy over a range of its parameter.
 
     outputs: logits (L, n, C), predictions (L, n), `LayerSummaries` or an Extraction; labels: (n,).
     policy: "confidence", "entropy", "patience" or "fixed". values: the parameters to try (default:
     `num_points` quantiles of the policy's statistic over layers 1..L-1 plus the extremes; patience
-    1..L-1; fixed 1..L). flops: a `FlopsProfile` or (L,) cost per exit layer, for expected_flops.
+    1..L-1; fixed 1..L). flops: a `FlopsProfile` or (L,) cost per exit layer, for expected_flops. num_classes:
+    C for bare predictions (see `simulate`).
     -> DataFrame, one row per value: policy, parameter, accuracy, expected_depth, expected_flops,
     relative_depth (expected_depth / L), relative_flops (expected FLOPs / full forward, with a profile);
     ``attrs["full_accuracy"]`` holds the last layer's accuracy.
@@ -309,13 +313,13 @@ def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=Non
     if not isinstance(policy, str) or policy not in POLICIES:
         raise ValueError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
     num_points = whole_number(num_points, "num_points", low=2, what="an integer >= 2 (thresholds per policy)")
-    summaries = as_summaries(outputs)
-    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes)
+    summaries = as_summaries(outputs, num_classes)
+    labels = exit_labels(labels, summaries.num_samples, summaries.num_classes).to(summaries.preds.device)
     flops = check_flops(flops, summaries.num_layers)
     if values is None:
         values = _default_values(policy, summaries, num_points)
     elif isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"values must be a list of {policy} parameters to try (e.g. [0.5, 0.9]), got "
+        raise ArgumentTypeError(f"values must be a list of {policy} parameters to try (e.g. [0.5, 0.9]), got "
                         f"{type(values).__name__} {values!r:.60}")
     else:
         values = list(values)
@@ -336,14 +340,17 @@ def sweep(outputs, labels, policy: str = "confidence", values=None, *, flops=Non
 
 
 def sweep_policies(outputs, labels, policies: Sequence[str] | None = None, *, flops=None,
-                   num_points: int = 41) -> pd.DataFrame:
+                   num_points: int = 41, num_classes: Optional[int] = None) -> pd.DataFrame:
     """`sweep` of several policies stacked in one DataFrame (default: every policy the outputs support;
-    the entropy policy needs logits or summaries with entropy)."""
-    summaries = as_summaries(outputs)
+    the entropy policy needs logits or summaries with entropy). num_classes: C for bare predictions."""
+    summaries = as_summaries(outputs, num_classes)
     if policies is None:
         policies = [p for p in POLICIES if p in ("patience", "fixed") or getattr(summaries, p) is not None]
     elif isinstance(policies, str):
         policies = [policies]
+    elif not isinstance(policies, (list, tuple)):
+        raise ArgumentTypeError(f"policies must be a list of policy names from {', '.join(POLICIES)}, got "
+                                f"{type(policies).__name__}")
     tables = [sweep(summaries, labels, p, flops=flops, num_points=num_points) for p in policies]
     if not tables:
         raise ValueError("no policy to sweep: give policies=[...] from " + ", ".join(POLICIES))
@@ -352,10 +359,20 @@ def sweep_policies(outputs, labels, policies: Sequence[str] | None = None, *, fl
     return table
 
 
+def _check_table(table) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise ArgumentTypeError(f"table must be a DataFrame from sweep or sweep_policies, got {type(table).__name__}")
+    if "accuracy" not in table.columns or table.empty:
+        raise ValueError("table must be a non-empty sweep table with an 'accuracy' column (from sweep or sweep_policies)")
+    if table["accuracy"].isna().any():
+        raise ValueError("the sweep table's accuracy has missing values: sweep with labels")
+
+
 def pareto_front(table: pd.DataFrame, cost: str = "expected_depth") -> pd.DataFrame:
     """The rows of a sweep that no other row beats: none has lower or equal `cost` with higher accuracy,
     or lower cost with equal accuracy. Sorted by cost; ties in both keep the first row.
     cost: "expected_depth" or "expected_flops" (a column of `table`)."""
+    _check_table(table)
     if cost not in table.columns:
         raise ValueError(f"cost must be a column of the sweep table ({', '.join(map(str, table.columns))}), got {cost!r}")
     if table[cost].isna().any():
@@ -376,11 +393,13 @@ def choose_by_accuracy_drop(table: pd.DataFrame, max_drop: float = 0.01, *, cost
     max_drop: allowed accuracy loss as a fraction in [0, 1] (0.01 = one percentage point).
     reference: accuracy to compare with (default: the last layer's, ``table.attrs["full_accuracy"]``).
     """
+    _check_table(table)
     max_drop = _check_number(max_drop, "max_drop", 0.0, 1.0, "an accuracy difference as a fraction")
     if reference is None:
         if "full_accuracy" not in table.attrs:
             raise ValueError("the table does not record the full model's accuracy; pass reference=...")
         reference = table.attrs["full_accuracy"]
+    reference = real_number(reference, "reference", low=0.0, high=1.0, what="an accuracy in [0, 1]")
     ok = table[table["accuracy"] >= reference - max_drop - 1e-12]
     if ok.empty:
         raise ValueError(f"no row reaches accuracy {reference - max_drop:.4f}; add larger thresholds to the sweep")

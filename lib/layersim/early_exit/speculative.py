@@ -30,7 +30,7 @@ import torch
 
 from layersim.models import adapt, eval_mode
 from layersim.models.decoder import decoder_steps
-from layersim.validate import real_number, whole_number
+from layersim.validate import ArgumentTypeError, describe, real_number, to_tensor, whole_number
 
 __all__ = ["Generation", "greedy_generate", "self_speculative_generate", "prompt_ids"]
 
@@ -84,17 +84,29 @@ def prompt_ids(adapter, prompt) -> torch.Tensor:
         if tokenizer is None:
             raise ValueError(f"{adapter.name} has no tokenizer: pass the prompt as a (1, T) tensor of token ids")
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    else:
-        ids = torch.as_tensor(prompt)
+    elif isinstance(prompt, (torch.Tensor, list, tuple)):
+        ids = to_tensor(prompt, "prompt")
         if ids.dim() == 1:
             ids = ids[None]
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.is_floating_point():
+    else:
+        raise ArgumentTypeError(f"prompt must be a string or a (1, T) integer tensor of token ids, got {describe(prompt)}")
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.is_floating_point() or ids.is_complex() \
+            or ids.dtype == torch.bool:
         raise ValueError(f"prompt must be a non-empty string or a (1, T) integer tensor of token ids (batch size 1), "
                          f"got shape {tuple(ids.shape)}")
     vocab = adapter.num_classes
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:
         raise ValueError(f"prompt token ids must lie in [0, {vocab}) for {adapter.name}, got up to {int(ids.max())}")
     return ids.long().to(adapter.device)
+
+
+def check_prompts(prompts) -> None:
+    """A non-empty list of prompts (strings or (1, T) token ids); a sentence otherwise."""
+    if isinstance(prompts, (str, bytes, torch.Tensor)) or not isinstance(prompts, (list, tuple)):
+        raise ArgumentTypeError(f"prompts must be a list of prompts (strings or (1, T) token ids), got "
+                                f"{type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of prompts (strings or (1, T) token ids)")
 
 
 def _start(adapter, prompt, max_new_tokens, stop_at_eos):

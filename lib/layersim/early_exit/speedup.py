@@ -23,10 +23,10 @@ import torch
 
 from layersim.models import adapt, eval_mode
 from layersim.models.decoder import decoder_steps
-from layersim.validate import whole_number
+from layersim.validate import ArgumentTypeError, tensor_arg, to_tensor, whole_number
 
 from .analysis import as_summaries, layerwise_accuracy
-from .speculative import greedy_generate, prompt_ids, self_speculative_generate
+from .speculative import check_prompts, greedy_generate, prompt_ids, self_speculative_generate
 
 __all__ = ["draft_agreement", "measure_decode_costs", "predict_speedup", "measure_speedup", "first_divergence"]
 
@@ -85,11 +85,21 @@ def predict_speedup(agreement, costs: dict, *, exit_layers=None, draft_tokens=(1
     docstring). agreement: (L,) from `draft_agreement`; costs: from `measure_decode_costs` (max_draft >= every
     k). -> one row per (E, k): exit_layer, draft_tokens, agreement (a), acceptance (the expected share of drafts
     accepted, (a + a^2 + ... + a^k) / k: drafts after a rejection are wasted), tokens_per_pass, speedup."""
-    agreement = torch.as_tensor(agreement, dtype=torch.float64)
-    L = costs["num_layers"]
+    L, b, c, h = _check_costs(costs)
+    agreement = to_tensor(agreement, "agreement")
+    if agreement.is_complex() or agreement.dtype == torch.bool:
+        raise ValueError(f"agreement must be shares in [0, 1], got dtype {agreement.dtype}")
+    agreement = agreement.to(torch.float64)
     if agreement.shape != (L,):
         raise ValueError(f"agreement must have one value per layer ({L}), got shape {tuple(agreement.shape)}")
-    b, c, h = costs["block"], costs["call"], costs["head"]
+    if not bool(((agreement >= 0) & (agreement <= 1)).all()):
+        raise ValueError(f"agreement must be shares in [0, 1] (from draft_agreement), got {agreement.tolist()}")
+    for name, value in (("exit_layers", exit_layers), ("draft_tokens", draft_tokens)):
+        if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
+            raise ArgumentTypeError(f"{name} must be a list of integers, got {type(value).__name__} {value!r:.40}")
+    draft_tokens = list(draft_tokens)
+    if not draft_tokens or (exit_layers is not None and not list(exit_layers)):
+        raise ValueError("exit_layers and draft_tokens must each hold at least one value")
     exit_layers = list(range(1, L)) if exit_layers is None else list(exit_layers)
     rows = []
     for E in exit_layers:
@@ -106,11 +116,32 @@ def predict_speedup(agreement, costs: dict, *, exit_layers=None, draft_tokens=(1
     return rows
 
 
+def _check_costs(costs) -> tuple:
+    """(L, block, call, head) of a `measure_decode_costs` result; a sentence for anything else."""
+    if not isinstance(costs, dict):
+        raise ArgumentTypeError(f"costs must be the dict measure_decode_costs returns, got {type(costs).__name__}")
+    missing = [k for k in ("num_layers", "block", "call", "head") if k not in costs]
+    if missing:
+        raise ValueError(f"costs lacks {missing}: pass what measure_decode_costs returns")
+    L = whole_number(costs["num_layers"], "costs['num_layers']", low=2)
+    parts = []
+    for key in ("block", "call", "head"):
+        part = tensor_arg(to_tensor(costs[key], f"costs[{key!r}]"), f"costs[{key!r}]", ndim=1, kind="real", finite=True,
+                          what="seconds per number of new tokens (from measure_decode_costs)")
+        if len(part) < 2 or bool((part < 0).any()):
+            raise ValueError(f"costs[{key!r}] must hold at least 2 times >= 0 (q = 1 and 2 new tokens), got "
+                             f"{part.tolist()}")
+        parts.append(part.tolist())
+    return (L, *parts)
+
+
 def first_divergence(adapter, prompt, reference: torch.Tensor, candidate: torch.Tensor) -> dict | None:
     """Where two generations of the same prompt first differ, and the full model's logit gap there between
     the reference's token and the candidate's (a near-tie has a gap near 0). None when they are identical
     (over the shorter length)."""
     adapter = adapt(adapter)
+    for name, ids in (("reference", reference), ("candidate", candidate)):
+        tensor_arg(ids, name, ndim=1, kind="integer", nonempty=False, what="(n,) generated token ids (Generation.new_ids)")
     n = min(len(reference), len(candidate))
     differ = (reference[:n] != candidate[:n]).nonzero()
     if len(differ) == 0:
@@ -133,8 +164,7 @@ def measure_speedup(adapter, prompts, *, exit_layer: int, draft_tokens: int, max
     divergences."""
     adapter = adapt(adapter)
     repeats = whole_number(repeats, "repeats", low=1)
-    if isinstance(prompts, str) or len(prompts) == 0:
-        raise ValueError("prompts must be a non-empty list of prompts (strings or (1, T) token ids)")
+    check_prompts(prompts)
     t_plain = t_spec = 0.0
     tokens = drafted = accepted = passes = 0
     divergences = []

@@ -16,9 +16,9 @@ import time
 import torch
 
 from layersim.models import eval_mode
-from layersim.validate import real_number
+from layersim.validate import ArgumentTypeError, real_number, whole_number
 
-from .speculative import Generation, _finish, _prefill, _start, greedy_generate
+from .speculative import Generation, _finish, _prefill, _start, check_prompts, greedy_generate
 
 __all__ = ["confidence_generate", "confidence_exit_sweep"]
 
@@ -57,8 +57,16 @@ def confidence_exit_sweep(adapter, prompts, thresholds, *, max_new_tokens: int =
     the model's own greedy decoding, how many tokens agree before the first difference (mean over prompts),
     and the speed-up over plain greedy decoding with the same cache (total times over the prompts, each
     timed once after a warm-up). -> one dict per threshold."""
-    if isinstance(prompts, str) or len(prompts) == 0:
-        raise ValueError("prompts must be a non-empty list of prompts (strings or (1, T) token ids)")
+    check_prompts(prompts)
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
+        raise ArgumentTypeError(f"thresholds must be a list of probabilities in (0, 1], got {type(thresholds).__name__} "
+                                f"{thresholds!r:.40}")
+    thresholds = [real_number(t, "threshold", low=0.0, high=1.0, low_open=True,
+                              what="a probability in (0, 1] (the confidence a token needs to leave early)")
+                  for t in thresholds]
+    if not thresholds:
+        raise ValueError("thresholds is empty: give at least one probability in (0, 1]")
+    max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", low=1)
     greedy_generate(adapter, prompts[0], max_new_tokens=2)  # warm-up
     plain = [greedy_generate(adapter, p, max_new_tokens=max_new_tokens, stop_at_eos=False) for p in prompts]
     rows = []

@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..validate import ArgumentTypeError, to_tensor  # noqa: F401  (to_tensor importable from here, as before)
+
 # Bytes of float64 scratch used when summing float32 layers in float64, a chunk of samples at a time.
 _SUM_CHUNK_BYTES = 4 * 2**20
 # A layer whose largest |value| lies outside [2^-e, 2^e] is rescaled by a power of two before the
@@ -132,19 +134,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64  # integers and booleans
 
 
-def to_tensor(array, what: str) -> torch.Tensor:
-    """A detached tensor of ``array`` (a tensor, numpy array or nested sequence of numbers)."""
-    if isinstance(array, torch.Tensor):
-        return array.detach()
-    try:
-        values = np.asarray(array)
-        if values.dtype == object or values.dtype.kind in "USV":
-            raise TypeError(f"it holds {values.dtype} values, not numbers")
-        return torch.as_tensor(values)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{what} could not be read as a numeric array: {err}") from None
-
-
 def float64_means(values: torch.Tensor, dim: int) -> torch.Tensor:
     """Mean over ``dim`` accumulated in float64 (float32 input summed a chunk at a time, so no float64
     copy of the whole tensor is made). Finite input whose float64 sum overflows is summed scaled down."""
@@ -167,7 +156,7 @@ def as_stack(feats, name: str = "feats") -> Stack:
     NaN or Inf makes the layer's sum non-finite, so the means double as the check).
     """
     if feats is None:
-        raise ValueError(f"{name} is None; expected (L, n, d) features or a sequence of (n, d) arrays")
+        raise ArgumentTypeError(f"{name} is None; expected (L, n, d) features or a sequence of (n, d) arrays")
     if isinstance(feats, (list, tuple)):
         if len(feats) == 0:
             raise ValueError(f"{name} is an empty sequence; expected L >= 1 layers of shape (n, d)")

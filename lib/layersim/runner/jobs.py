@@ -14,14 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .. import progress as _progress
-from ..storage import TMP_PREFIX, atomic_write_json, atomic_write_text, remove_folder, repo_root, swap_folder
+from ..storage import (atomic_write_json, atomic_write_text, release_temp_folder, remove_folder, repo_root, swap_folder,
+                       temp_folder)
 from .gallery import notebook_to_html
 from .record import METRICS_FILE
 from .results import MATHJAX_DIR, RUN_FILE, NotebookRun, _now, _read_json, last_results
@@ -34,6 +34,7 @@ class _Job:
     name: str
     params: dict
     stage: Path
+    held: int  # the fd of the staging folder's writer lock (storage.temp_folder)
     proc: subprocess.Popen
     log: object
     start: float
@@ -54,9 +55,19 @@ def _stop_with_parent() -> None:
 
 
 def _start(name: str, params: dict, notebooks_dir: Path, out_root: Path, kernel: str, jobs: int) -> _Job:
-    """Start papermill on one notebook, in its own session, into a fresh staging folder."""
-    stage = out_root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    """Start papermill on one notebook, in its own session, into a fresh staging folder: unique across hosts
+    that share the results folder, and held by this runner's flock (`storage.temp_folder`) until it is swapped
+    into place or removed, so no runner's clean-up (on this host or another) takes it for a leftover."""
+    stage, held = temp_folder(out_root / name)
+    try:
+        return _launch(name, params, notebooks_dir, stage, held, kernel, jobs)
+    except BaseException:
+        remove_folder(stage)
+        os.close(held)
+        raise
+
+
+def _launch(name: str, params: dict, notebooks_dir: Path, stage: Path, held: int, kernel: str, jobs: int) -> _Job:
     full = dict(params, output_dir=".")  # the kernel runs in the notebook's results folder
     env = dict(os.environ, **_progress.batch_environment())
     if jobs > 1:
@@ -72,7 +83,7 @@ def _start(name: str, params: dict, notebooks_dir: Path, out_root: Path, kernel:
     proc = subprocess.Popen(cmd, cwd=stage, env=env, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
-    return _Job(name, params, stage, proc, log, time.perf_counter())
+    return _Job(name, params, stage, held, proc, log, time.perf_counter())
 
 
 def _stop(job: _Job) -> None:
@@ -91,6 +102,7 @@ def _stop(job: _Job) -> None:
     finally:
         job.log.close()
         remove_folder(job.stage)
+        os.close(job.held)
 
 
 def _log_tail(job: _Job, lines: int = 3) -> str:
@@ -136,6 +148,7 @@ def _finish(job: _Job, notebooks_dir: Path, out_root: Path, profile: str) -> Not
         nb = None  # papermill wrote the notebook with its parameters, but no cell ran
     if nb is None:  # nothing was executed (no such kernel, papermill died): keep the last results
         remove_folder(stage)
+        os.close(job.held)
         last = last_results(name, out_root)
         return NotebookRun(name, "failed", seconds, last.output_dir, last.parameters, error, last.metrics,
                            last.finished, current=True, html=last.html, kept=True)
@@ -164,7 +177,11 @@ def _finish(job: _Job, notebooks_dir: Path, out_root: Path, profile: str) -> Not
                                          "seconds": round(seconds, 3), "error": error, "finished": finished,
                                          "parameters": job.params})
     target = out_root / name
-    swap_folder(stage, target)  # the last results step aside, the new ones take their place, the old ones go
+    release_temp_folder(stage)
+    try:
+        swap_folder(stage, target)  # the last results step aside, the new ones take their place, the old ones go
+    finally:
+        os.close(job.held)
     return NotebookRun(name, status, seconds, target, job.params, error, metrics, finished, True, page)
 
 
