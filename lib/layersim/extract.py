@@ -383,7 +383,7 @@ def extract(model, data, *, pooling: str | None = None, readout: bool | None = N
                 "feature_norm": feature_norm, "dtype": str(dtype), "batch_size": batch_size,
                 "readout_formula": adapter.readout_formula() if readout else None, "reader": reader_id}
     if not isinstance(embeddings, bool):
-        raise TypeError(f"embeddings must be True or False, got {embeddings!r}")
+        raise ArgumentTypeError(f"embeddings must be True or False, got {describe(embeddings)}")
     if embeddings:  # (absent otherwise: the keys of existing cache entries stay as they were)
         settings["embeddings"] = True
 
