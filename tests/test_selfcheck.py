@@ -272,3 +272,26 @@ def test_decoding_past_a_sliding_window_is_refused_but_reading_is_exact():
     torch.testing.assert_close(adapter.norm(hidden.states[-1]), own)
     with pytest.raises(NotImplementedError, match="sliding attention window \\(3\\)"):
         DecoderSteps(adapter)
+
+
+def test_the_readmes_own_adapter_goes_through_the_report(tmp_path):
+    """The README's user adapter, reported as the README says: layer L is the model's own prediction."""
+    from layersim.report import report
+
+    my_adapter, my_model = own_readme_adapter()
+    torch.manual_seed(0)
+    model = randomize_norms(my_model())
+    x = torch.randn(40, 5, 8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(40) % 4
+    r = report(my_adapter(model), (x, labels), out=tmp_path / "my-report", progress=False)
+    with torch.no_grad():
+        own = model(x)
+    assert r.numbers["accuracy"][-1] == pytest.approx((own.argmax(-1) == labels).double().mean().item())
+    assert r.numbers["final_prob"][-1] == pytest.approx(own.softmax(-1).max(-1).values.double().mean().item(), rel=1e-5)
+    assert len(r.numbers["cos_to_last"]) == 3 and (tmp_path / "my-report" / "report.html").is_file()
+    from layersim.report import ReportError
+
+    with pytest.raises(ReportError, match=r"reads tensors .* give an \(N, 5, 8\) tensor"):
+        report(my_adapter(model), progress=False)  # no default data for a user's model
+    with pytest.raises(ReportError, match=r"shape \(40, 8\)"):
+        report(my_adapter(model), x[:, 0], progress=False)

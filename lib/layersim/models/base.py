@@ -200,7 +200,7 @@ class LayerAdapter(metaclass=_SelfChecked):
     has_final_norm = True  # pre-norm model with a final norm (False: post-norm encoders)
     head_tokens = 1  # vectors the head reads per sample (2: a distilled DeiT's class and distillation tokens)
     settable_readout_poolings: tuple = ()  # other poolings the head can be switched to (`set_readout_pooling`)
-    modality = "image"  # what a batch holds: "image" (or any tensor), "text" (texts or token ids), "audio"
+    modality = "tensor"  # what a batch holds: "image", "text" (texts or token ids), "audio", "tensor" (any other)
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
         if not isinstance(final_norm, bool):

@@ -22,6 +22,8 @@ class HFVision(HFBlocks, LayerAdapter):
     distillation classifiers; Dinov2 ``classifier(concat(n_l[CLS], mean(n_l[patches])))``. A bare backbone (no
     head) gives features only; the self-check then compares layer L with the features the model returns."""
 
+    modality = "image"
+
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
         config = model.config
         super().__init__(model, name=name or getattr(config, "_name_or_path", None) or type(model).__name__,

@@ -20,6 +20,8 @@ def _probe_images(shape: tuple) -> torch.Tensor:
 class ViTAdapter(LayerAdapter):
     """Adapter for `layersim.models.VisionTransformer`: pre-norm, head(norm(h_l[CLS]))."""
 
+    modality = "image"
+
     def __init__(self, model: VisionTransformer, *, name: str | None = None, final_norm: bool = True):
         super().__init__(model, name=name or "layersim-vit", final_norm=final_norm)
         self.num_layers = model.config.depth
@@ -77,6 +79,8 @@ class TimmViTAdapter(LayerAdapter):
     average pooling without it (``*_gap_*`` models) normalises every token first (``head(mean(norm(h_l)))``).
     A distilled DeiT's head reads two tokens (class and distillation) and averages its two heads, as in eval.
     """
+
+    modality = "image"
 
     def __init__(self, model: nn.Module, *, name: str | None = None, final_norm: bool = True):
         for attribute in ("forward_intermediates", "forward_head", "norm", "blocks", "patch_embed"):

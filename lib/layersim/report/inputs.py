@@ -56,7 +56,8 @@ def resolve_model(model, *, device: str | torch.device = "cpu") -> LayerAdapter:
 
 
 def modality(adapter: LayerAdapter) -> str:
-    """'lm' (causal language model), 'text' (text encoder), 'audio' (audio encoder) or 'image'."""
+    """'lm' (causal language model), 'text' (text encoder), 'audio' (audio encoder), 'image' or 'tensor' (a
+    user's adapter: any tensor it reads, given from Python)."""
     return "lm" if adapter.vocabulary_readout else adapter.modality
 
 
@@ -86,6 +87,8 @@ def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_
         data, labels = data
     if kind == "audio":
         return _audio_inputs(adapter, data, n, batch_size or 8)
+    if kind == "tensor":
+        return _tensor_inputs(adapter, data, labels, n, batch_size or 32)
     if data is None:
         data = {"lm": "english", "text": "reviews"}.get(kind) or _default_images(adapter)
     if isinstance(data, (str, Path)):
@@ -222,6 +225,27 @@ def _audio_inputs(adapter, data, n, size) -> Inputs:
         raise ReportError("the data set (given Tensor) is empty: nothing to analyse")
     batches = [(data[i:i + size], None) for i in range(0, len(data), size)]
     return Inputs(batches, len(data), f"given Tensor of log-mel features {tuple(data.shape)}")
+
+
+def _tensor_inputs(adapter, data, labels, n, size) -> Inputs:
+    """A user adapter's inputs: a tensor from Python shaped as its probe batch, (N, ...), with optional labels."""
+    shape = tuple(adapter.probe_batch().shape[1:])
+    want = f"an (N, {', '.join(map(str, shape))}) tensor, as {type(adapter).__name__}.probe_batch() (and labels)"
+    if not isinstance(data, torch.Tensor):
+        what = "no data" if data is None else type(data).__name__
+        raise ReportError(f"{adapter.name} reads tensors and layersim has no source of them: give {want} (got {what})")
+    if tuple(data.shape[1:]) != shape:
+        raise ReportError(f"{adapter.name} reads {want}; the data are a tensor of shape {tuple(data.shape)}")
+    data = data[:n] if n is not None else data
+    labels = None if labels is None else torch.as_tensor(labels)[:len(data)]
+    if len(data) == 0:
+        raise ReportError("the data set (given Tensor) is empty: nothing to analyse")
+    if labels is not None and len(labels) != len(data):
+        raise ReportError(f"{len(labels)} labels for {len(data)} inputs: give one label per input")
+    notes: list = []
+    use = _labels_fit(adapter, labels, [], notes)
+    batches = [(data[i:i + size], None if use is None else use[i:i + size]) for i in range(0, len(data), size)]
+    return Inputs(batches, len(data), f"given Tensor {tuple(data.shape)}", use is not None, [], notes=notes)
 
 
 def _labels_fit(adapter, labels, classes, notes):
