@@ -19,7 +19,7 @@ import torch
 from ..early_exit import count_flops, minimal_depth, saturation
 from ..extract import extract
 from ..metrics import StreamingCKA, StreamingCOS, StreamingMean
-from ..models import LayerAdapter
+from ..models import LayerAdapter, eval_mode
 from ..progress import progress
 from .inputs import Inputs, ReportError, modality
 
@@ -74,16 +74,22 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
     histogram, samples, examples = torch.zeros(L, dtype=torch.long), 0, []
     mean, cka = StreamingMean(), StreamingCKA()
     times = {"read": 0.0, "similarity": 0.0}
+    timed = min(1, len(inputs.batches) - 1)  # the batch whose reading is split into blocks and heads (not the first:
+    timing = None                            # it pays for warm-up)
     with tempfile.TemporaryDirectory(prefix="layersim-report-") as tmp:
         spill = _Spill(Path(tmp))
         for i, (x, y) in enumerate(progress(inputs.batches, desc=f"report {adapter.name}", unit="batch",
                                             disable=not show_progress)):
+            if i == timed:
+                timing = _plain_and_blocks(adapter, x)
             start = time.perf_counter()
             out = extract(adapter, [x] if isinstance(x, dict) else x, labels=None if isinstance(x, dict) else y,
                           pooling=pooling, readout=readout, keep_logits=False, topk=TOP_K if lm else None,
                           feature_norm=feature_norm, batch_size=len(x["input_ids"]) if isinstance(x, dict) else len(x),
                           progress=False, embeddings=embeddings)
             times["read"] += time.perf_counter() - start
+            if i == timed:
+                timing["read_s"] = time.perf_counter() - start
             start = time.perf_counter()
             compared = torch.cat([out.embedding, out.features]) if embeddings else out.features
             feats = compared.double()
@@ -122,7 +128,24 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
         numbers.update(_readout_numbers(adapter, inputs, sums, histogram, samples, lm))
         numbers["examples"] = examples
     numbers["seconds"] = {k: round(v, 3) for k, v in times.items()}
+    if timing is not None:
+        numbers["timing"] = {**{k: round(v, 4) for k, v in timing.items()}, "batch": timed,
+                             "blocks_over_forward": round(timing["blocks_s"] / timing["plain_forward_s"], 3),
+                             "heads_s": round(max(timing["read_s"] - timing["blocks_s"], 0.0), 4)}
     return numbers
+
+
+def _plain_and_blocks(adapter, x) -> dict:
+    """Seconds of one plain forward of the model on batch x and of running its blocks for every layer's states
+    (``hidden_states``): what reading all layers costs beyond the model itself, before any head is applied."""
+    with torch.no_grad(), eval_mode(adapter.model):
+        start = time.perf_counter()
+        adapter.run_model(x)
+        plain = time.perf_counter() - start
+        start = time.perf_counter()
+        adapter.hidden_states(x)
+        blocks = time.perf_counter() - start
+    return {"plain_forward_s": plain, "blocks_s": blocks}
 
 
 def _readout_numbers(adapter, inputs, sums, histogram, samples, lm) -> dict:

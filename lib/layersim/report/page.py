@@ -105,6 +105,12 @@ def summary_rows(info: dict, numbers: dict) -> dict:
     rows = {"model": info["model"], "data": info["data"], "inputs": info["inputs"],
             "samples compared": f"{numbers['samples']} ({numbers['pooling']} pooling, features: "
                                 f"{numbers['feature_norm']})", "time": f"{info['seconds']:.1f} s on {info['device']}"}
+    if "timing" in numbers:
+        t = numbers["timing"]
+        rows["cost of reading every layer"] = (
+            f"blocks {t['blocks_over_forward']:.2f}x a plain forward of the model"
+            + (f"; the head at every layer {t['heads_s']:.2f} s more" if numbers.get("readout") else "")
+            + f" (batch {t['batch'] + 1}: {t['plain_forward_s']:.2f} s plain, {t['read_s']:.2f} s read)")
     if numbers.get("readout"):
         md, flops = numbers["minimal_depth"], numbers["flops"]
         rows["minimal depth"] = (f"layer {md['layer']} of {numbers['layers']} reaches {_fmt(md['value'])} "
