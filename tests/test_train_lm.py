@@ -159,8 +159,8 @@ def test_empty_text_split_is_a_clear_error_through_the_cli(tmp_path):
     one_line.write_text("just one line of text\n\n\n", encoding="utf-8")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n", encoding="utf-8")
-    for path, message in ((one_line, "the test split of text-file is empty"),
-                          (empty, "the train split of text-file is empty")):
+    for path, message in ((one_line, "one.txt has 1 non-empty line(s): a training and a test split need at least 2"),
+                          (empty, "empty.txt has 0 non-empty line(s)")):
         proc = subprocess.run([sys.executable, "-m", "layersim.train", "--config", "gpt-english", "--out",
                                str(tmp_path / path.stem), "--data", "text-file", "--data_root", str(path)],
                               capture_output=True, text=True, timeout=300)

@@ -332,7 +332,10 @@ def _lm_documents(cfg: TrainConfig) -> tuple:
     if root is None:
         raise ConfigError("data=text-file needs data_root: the path of a UTF-8 text file (one document per line; "
                           "the last 10% of the lines are the test split)")
-    d = D.load_text_file(root)
+    try:
+        d = D.load_text_file(root)
+    except ValueError as e:  # a file too short to give both splits: the config's data_root does not serve
+        raise ConfigError(f"data_root: {e}") from e
     return list(d.train_texts), list(d.test_texts)
 
 
