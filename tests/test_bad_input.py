@@ -9,9 +9,7 @@ Wrong types expect TypeError, wrong values ValueError (`layersim.validate.Argume
 """
 import functools
 import inspect
-import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

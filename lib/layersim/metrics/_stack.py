@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from ..validate import ArgumentTypeError, to_tensor  # noqa: F401  (to_tensor importable from here, as before)

@@ -33,7 +33,7 @@ two, exactly; CKA is invariant to it and :func:`hsic` undoes it in its result.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
