@@ -86,7 +86,7 @@ def test_lm_report_last_layer_is_the_models_own_prediction(bpe):
     assert 0 < num["flops"]["saved_fraction"] or num["minimal_depth"]["layer"] == L
     t = num["timing"]  # one batch's reading split into the blocks and the heads, against a plain forward
     assert t["batch"] == 0 and min(t["plain_forward_s"], t["blocks_s"], t["read_s"]) > 0 and t["heads_s"] >= 0
-    assert t["blocks_over_forward"] == pytest.approx(t["blocks_s"] / t["plain_forward_s"], rel=1e-2)
+    assert t["blocks_over_forward"] == pytest.approx(t["blocks_s"] / t["plain_forward_s"])
     assert "x a plain forward" in r.html() and "the head at every layer" in r.html()
     r2 = report((model, bpe), seqs, batch_size=2, progress=False)
     assert r2.numbers["timing"]["batch"] == 1  # not the first batch, which pays for warm-up

@@ -129,9 +129,9 @@ def analyse(adapter: LayerAdapter, inputs: Inputs, *, pooling: str | None = None
         numbers["examples"] = examples
     numbers["seconds"] = {k: round(v, 3) for k, v in times.items()}
     if timing is not None:
-        numbers["timing"] = {**{k: round(v, 4) for k, v in timing.items()}, "batch": timed,
-                             "blocks_over_forward": round(timing["blocks_s"] / timing["plain_forward_s"], 3),
-                             "heads_s": round(max(timing["read_s"] - timing["blocks_s"], 0.0), 4)}
+        t = {k: round(v, 6) for k, v in timing.items()}  # the ratio and the heads from the numbers as recorded
+        numbers["timing"] = {**t, "batch": timed, "blocks_over_forward": t["blocks_s"] / max(t["plain_forward_s"], 1e-6),
+                             "heads_s": round(max(t["read_s"] - t["blocks_s"], 0.0), 6)}
     return numbers
 
 
