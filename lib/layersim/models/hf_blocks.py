@@ -49,8 +49,8 @@ class HFBlocks:
                       num_prefix=self.num_prefix, embedded=embedded)
 
     def begin(self, batch) -> BlockState:
-        """The model's own inputs of its first block: the base model runs up to the entry of block 1, where a
-        forward pre-hook records the arguments (hidden states, attention mask, ...) and stops the forward."""
+        """The inputs of block 1 and what every block takes: written out where the family's entry is (``_entry``),
+        else recorded by a forward pre-hook on block 1 that stops the model's own forward there."""
         inputs = self._model_inputs(batch)
         if self.has_entry:
             tokens, kwargs = self._entry(inputs)

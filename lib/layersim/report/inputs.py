@@ -211,31 +211,24 @@ def _image_inputs(adapter, data, labels, source, classes, size) -> Inputs:
 def _audio_inputs(adapter, data, n, size) -> Inputs:
     """An audio encoder's inputs: an (N, mel bins, frames) float tensor from Python (no offline audio source)."""
     mel, frames = _expected_shape(adapter)
-    want = (f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's input_features, "
-            f"padded to {frames} frames)")
+    return _tensor_inputs(adapter, data, None, n, size, floats=True, what="log-mel features ",
+                          no_source="audio and there is no offline audio source",
+                          want=f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's "
+                               f"input_features, padded to {frames} frames)")
+
+
+def _tensor_inputs(adapter, data, labels, n, size, *, floats: bool = False, what: str = "", want: str | None = None,
+                   no_source: str = "tensors and layersim has no source of them") -> Inputs:
+    """Inputs given from Python as one tensor (N, ...) shaped as the adapter's probe batch, with optional labels:
+    a user's adapter, or an audio encoder (`floats`: the tensor must be floating point)."""
+    shape = _expected_shape(adapter)
+    want = want or f"an (N, {', '.join(map(str, shape))}) tensor, as {type(adapter).__name__}.probe_batch() (and labels)"
     if not isinstance(data, torch.Tensor):
-        what = "no data" if data is None else repr(str(data)) if isinstance(data, (str, Path)) else type(data).__name__
-        raise ReportError(f"{adapter.name} reads audio and there is no offline audio source: give {want} "
-                          f"(got {what})")
-    if data.dim() != 3 or tuple(data.shape[1:]) != (mel, frames) or not data.is_floating_point():
+        got = "no data" if data is None else repr(str(data)) if isinstance(data, (str, Path)) else type(data).__name__
+        raise ReportError(f"{adapter.name} reads {no_source}: give {want} (got {got})")
+    if tuple(data.shape[1:]) != shape or (floats and not data.is_floating_point()):
         raise ReportError(f"{adapter.name} reads {want}; the data are a {data.dtype} tensor of shape "
                           f"{tuple(data.shape)}")
-    data = data[:n] if n is not None else data
-    if len(data) == 0:
-        raise ReportError("the data set (given Tensor) is empty: nothing to analyse")
-    batches = [(data[i:i + size], None) for i in range(0, len(data), size)]
-    return Inputs(batches, len(data), f"given Tensor of log-mel features {tuple(data.shape)}")
-
-
-def _tensor_inputs(adapter, data, labels, n, size) -> Inputs:
-    """A user adapter's inputs: a tensor from Python shaped as its probe batch, (N, ...), with optional labels."""
-    shape = tuple(adapter.probe_batch().shape[1:])
-    want = f"an (N, {', '.join(map(str, shape))}) tensor, as {type(adapter).__name__}.probe_batch() (and labels)"
-    if not isinstance(data, torch.Tensor):
-        what = "no data" if data is None else type(data).__name__
-        raise ReportError(f"{adapter.name} reads tensors and layersim has no source of them: give {want} (got {what})")
-    if tuple(data.shape[1:]) != shape:
-        raise ReportError(f"{adapter.name} reads {want}; the data are a tensor of shape {tuple(data.shape)}")
     data = data[:n] if n is not None else data
     labels = None if labels is None else torch.as_tensor(labels)[:len(data)]
     if len(data) == 0:
@@ -245,7 +238,7 @@ def _tensor_inputs(adapter, data, labels, n, size) -> Inputs:
     notes: list = []
     use = _labels_fit(adapter, labels, [], notes)
     batches = [(data[i:i + size], None if use is None else use[i:i + size]) for i in range(0, len(data), size)]
-    return Inputs(batches, len(data), f"given Tensor {tuple(data.shape)}", use is not None, [], notes=notes)
+    return Inputs(batches, len(data), f"given Tensor of {what}{tuple(data.shape)}", use is not None, [], notes=notes)
 
 
 def _labels_fit(adapter, labels, classes, notes):
