@@ -450,12 +450,46 @@ def test_decoder_readout_of_last_layer_is_the_models_prediction(tokenizer, kind,
             h = out.hidden_states[l + 1]
             expected = model.lm_head(norm(h) if final_norm else h)
             assert torch.allclose(logits[l], expected[samples], atol=1e-6)
-        from layersim.models import read_chunks
-
-        chunks = list(read_chunks(adapter.reader, adapter.head_inputs(hidden), [1, 2, 3]))
-        assert torch.equal(torch.cat([c[1] for c in chunks], dim=1), logits)
+        check_read_stats(adapter, hidden, logits)
     if not final_norm:
         assert "skipped" in adapter.readout_formula() and "for l = L" in adapter.readout_formula()
+
+
+def check_read_stats(adapter, hidden, logits):
+    """read_stats, a chunk of rows and one layer at a time, gives the statistics of the stacked logits bit for
+    bit, and never asks the head for more than one chunk of one layer."""
+    from layersim.metrics.readout import readout_stats
+    from layersim.models import read_stats, readers
+
+    vectors, n, V = adapter.head_inputs(hidden), logits.shape[1], logits.shape[2]
+    targets = torch.arange(n) % V
+    calls = []
+
+    def reader(v, layer):
+        calls.append(tuple(v.shape))
+        return adapter.reader(v, layer)
+
+    reader.num_classes = adapter.reader.num_classes
+    step = 3
+    old, readers.LOGIT_ELEMENTS_PER_CHUNK = readers.LOGIT_ELEMENTS_PER_CHUNK, step * V
+    try:
+        chunks = list(read_stats(reader, vectors, [1, 2, 3], final=True, targets=targets, topk=2, keep=[0, 2],
+                                 keep_logits=True))
+    finally:
+        readers.LOGIT_ELEMENTS_PER_CHUNK = old
+    # the head on 3 rows at a time (BLAS may round a product of 3 rows differently from one of n rows)
+    chunked = torch.stack([torch.cat([adapter.reader(vectors[k, s:s + step], k + 1) for s in range(0, n, step)])
+                           for k in range(3)])
+    assert torch.allclose(chunked, logits, atol=1e-5)
+    logits = chunked
+    want = readout_stats(logits[[0, 2]], final_pred=logits[-1].argmax(-1), targets=targets, topk=2)
+    assert len(chunks) == -(-n // step) > 1 and all(rows.stop - rows.start <= step for rows, _ in chunks)
+    assert set(chunks[0][1]) == set(want) | {"logits"}
+    for field, value in want.items():
+        assert torch.equal(torch.cat([c[field] for _, c in chunks], dim=1), value), field
+    assert torch.equal(torch.cat([c["logits"] for _, c in chunks], dim=1), logits[[0, 2]])
+    assert all(len(shape) == 2 and shape[0] <= step for shape in calls)  # (rows, d): one layer per call
+    assert len(calls) == 2 * len(chunks)  # layer 3 read once, for both its stats and every final_pred
 
 
 def test_smollm2_last_layer_reads_as_its_logits_without_final_norm(smollm2):

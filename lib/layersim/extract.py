@@ -39,8 +39,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .metrics.readout import readout_stats
-from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, read_chunks
+from .models import LayerAdapter, adapt, as_reader, eval_mode, layer_indices, read_stats
 from . import progress as _progress
 from .storage import (atomic_folder, atomic_write_json, clean_leftovers, file_checksum, hash_tensor, load_or_build,
                       stable_hash, weights_fingerprint)
@@ -317,12 +316,10 @@ def _process_batch(adapter: LayerAdapter, inputs, labels, *, pooling, index, rea
     keep = [read.index(i + 1) for i in index]
     vectors = adapter.head_inputs(hidden, pooling, layers=read)
     chunks = []
-    for rows, logits in read_chunks(reader, vectors, read):
-        final_pred = logits[-1].argmax(-1)
-        stats = readout_stats(logits[keep], final_pred=final_pred, topk=topk,
-                              targets=None if targets is None else targets[rows])
+    for _, stats in read_stats(reader, vectors, read, final=True, targets=targets, topk=topk, keep=keep,
+                               keep_logits=keep_logits):
         if keep_logits:
-            stats["logits"] = logits[keep].to(dtype)
+            stats["logits"] = stats["logits"].to(dtype)
         chunks.append(stats)
     out.update({k: torch.cat([c[k] for c in chunks], dim=1) for k in chunks[0]})
     return out

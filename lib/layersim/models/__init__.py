@@ -19,7 +19,7 @@ from .families import is_encoder_type, is_seq2seq_type
 from .hf_vision import HFVision
 from .stacks import T5EncoderStack, WhisperEncoderStack
 from .loading import OFFLINE_MODELS, adapt, load_model, minilm_path, smollm2_path
-from .readers import ExitHeads, Reader, SharedHead, as_reader, read_chunks
+from .readers import ExitHeads, Reader, SharedHead, as_reader, read_stats
 from .selfcheck import SelfCheckError
 from .text import HFCausalLM, HFEncoder, tokenizer_fingerprint
 from .vision import TimmViTAdapter, ViTAdapter
@@ -28,7 +28,7 @@ from .vit import ViTConfig, VisionTransformer, state_dict_from_timm, state_dict_
 __all__ = ["DecoderSteps", "decoder_steps", "load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS", "POOLINGS", "Hidden",
            "BlockState", "LayerAdapter", "ViTAdapter", "TimmViTAdapter", "HFEncoder", "HFCausalLM", "HFVision",
            "T5EncoderStack", "WhisperEncoderStack",
-           "Reader", "SharedHead", "ExitHeads", "as_reader", "read_chunks", "SelfCheckError",
+           "Reader", "SharedHead", "ExitHeads", "as_reader", "read_stats", "SelfCheckError",
            "AUTHORS_GPT2_READOUT", "LOGIT_ELEMENTS_PER_CHUNK", "VisionTransformer", "ViTConfig", "eval_mode",
            "layer_indices", "layer_number", "check_upto", "is_encoder_type", "is_seq2seq_type", "state_dict_from_timm",
            "state_dict_to_timm", "timm_kwargs", "tokenizer_fingerprint"]

@@ -462,7 +462,7 @@ class LayerAdapter(metaclass=_SelfChecked):
     def read(self, hidden: Hidden, layers=None, *, reader=None) -> torch.Tensor:
         """(L', n, C): `reader` (default the shared head; an `ExitHeads` or any `Reader`) on every selected
         layer of `hidden` (one row per sample of the readout pooling). For a vocabulary and many tokens read
-        in chunks (`layersim.models.readers.read_chunks`), as extraction and evaluation do."""
+        in chunks (`layersim.models.readers.read_stats`), as extraction and evaluation do."""
         from .readers import as_reader
 
         reader = as_reader(self, reader)

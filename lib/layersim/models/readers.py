@@ -10,7 +10,7 @@ A reader is called as ``reader(v, layer)``: v holds the head inputs of 1-based `
 
 A reader whose last step is one linear layer says so (``linear(layer)``, with ``pre(v, layer)`` for what comes
 before), so that a loss can fuse that layer with the cross-entropy and never hold a vocabulary's logits
-(`layersim.fused_ce`). `read_chunks` reads many rows of a vocabulary a chunk at a time.
+(`layersim.fused_ce`). `read_stats` reads many rows of a vocabulary a chunk of rows and one layer at a time.
 
 >>> hidden = adapter.hidden_states(x)
 >>> v = adapter.head_inputs(hidden)                         # (L, n, d)
@@ -152,14 +152,38 @@ def chunk_rows(num_classes: int) -> int:
     return max(1, LOGIT_ELEMENTS_PER_CHUNK // max(1, int(num_classes)))
 
 
-def read_chunks(reader: Reader, vectors: torch.Tensor, layers) -> Iterator[tuple]:
-    """Read (L', n, d) head inputs of 1-based `layers` a chunk of rows at a time (bounded memory for a
-    vocabulary): yields ``(rows, logits)``, rows a slice of the n samples and logits (L', rows, C)."""
+def read_stats(reader: Reader, vectors: torch.Tensor, layers, *, final: bool = False, targets=None,
+               topk: int | None = None, keep=None, keep_logits: bool = False) -> Iterator[tuple]:
+    """`readout_stats` (``layersim.metrics.readout``) of `reader` on (L', n, d) head inputs of 1-based `layers`,
+    a chunk of rows at a time and within it one layer at a time, so that a vocabulary costs one (rows, C) block
+    of logits (`LOGIT_ELEMENTS_PER_CHUNK` elements) and its log-softmax at once, never (L', rows, C): 30 layers
+    of a 49,152-token vocabulary would be 2 GB per block. Yields ``(rows, stats)``: rows a slice of the n
+    samples, stats {field: (K, rows, ...)} for the layers at positions `keep` (default all), with "logits"
+    (K, rows, C) when `keep_logits`.
+
+    final: the last of `layers` is the model's own prediction (layer L): its argmax is every layer's
+    ``final_pred`` (the "final_prob" field). targets: (n,) targets ("label_logprob"). The statistics equal
+    ``readout_stats`` of the stacked logits, bit for bit (each row's log-softmax is its own).
+    """
+    from ..metrics.readout import readout_stats
+
     layers = list(layers)
     if vectors.dim() < 3 or vectors.shape[0] != len(layers):
         raise ValueError(f"expected head inputs of shape ({len(layers)}, n, ...) for layers {layers}, got "
                          f"{tuple(vectors.shape)}")
+    keep = list(range(len(layers))) if keep is None else list(keep)
     n, step = vectors.shape[1], chunk_rows(reader.num_classes)
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
-        yield rows, torch.stack([reader(v[rows], layer) for v, layer in zip(vectors, layers)])
+        last = reader(vectors[-1, rows], layers[-1]) if final else None
+        final_pred = None if last is None else last.argmax(-1)
+        per_layer = []
+        for k in keep:
+            logits = last if final and k == len(layers) - 1 else reader(vectors[k, rows], layers[k])
+            stats = readout_stats(logits, final_pred=final_pred, topk=topk,
+                                  targets=None if targets is None else targets[rows])
+            if keep_logits:
+                stats["logits"] = logits
+            per_layer.append(stats)
+            del logits
+        yield rows, {field: torch.stack([stats[field] for stats in per_layer]) for field in per_layer[0]}

@@ -52,11 +52,10 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
     model's own prediction and "n_test": samples (tokens for a language model). A multi-exit model adds the
     same fields for its exit heads under the prefix "exit_" ("exit_acc", "exit_nll", "exit_saturation_hist",
     "exit_early_saturation", "exit_ppl"); otherwise "exit_acc" is None. The logits are formed in chunks of
-    samples (`layersim.models.read_chunks`), so a vocabulary never needs (L, tokens, V) at once. Under
-    torchrun each rank takes samples r, r+W, ... and the counts are all-reduced.
+    samples and one layer at a time (`layersim.models.read_stats`), so a vocabulary never needs (L, tokens, V)
+    at once. Under torchrun each rank takes samples r, r+W, ... and the counts are all-reduced.
     """
-    from ..metrics.readout import readout_stats
-    from ..models import as_reader, eval_mode, read_chunks
+    from ..models import as_reader, eval_mode, read_stats
 
     dist = dist or Dist(device=adapter.device)
     L = adapter.num_layers
@@ -73,8 +72,7 @@ def evaluate(adapter, task: Task, *, heads: Optional[nn.Module] = None, dist: Op
             vectors = adapter.head_inputs(hidden)
             y = adapter.targets(hidden, labels)
             for counts, reader in readers:
-                for rows, logits in read_chunks(reader, vectors, layers):
-                    stats = readout_stats(logits, targets=y[rows])
+                for rows, stats in read_stats(reader, vectors, layers, targets=y):
                     counts += _readout_counts(stats["preds"], -stats["label_logprob"], y[rows])
             n += y.numel()
     totals = dist.sum(torch.cat([shared, exits, n]))
