@@ -77,6 +77,40 @@ def test_token_sampling_is_unbiased_exactly_by_enumerating_every_draw(final_norm
         assert torch.allclose(got, want, atol=1e-9, rtol=1e-6)
 
 
+@pytest.mark.parametrize("m", [1, 2])
+def test_thinned_token_sampling_is_unbiased_exactly_by_enumerating_every_subset_and_draw(m, fused):
+    """With a fraction of the rows reading their sampled layer (m of the n rows, without replacement, weighted
+    W n / m; the others 0: not read), E over the subsets and the draws of the loss and its gradient equals
+    the full aligned loss and its gradient."""
+    adapter, hidden = gpt()
+    vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden)
+    w = aligned_weights(L)
+    n = targets.shape[0]
+    full = loss_and_grads(adapter, hidden, lambda: readout_cross_entropy(vectors, adapter.reader, targets, w).loss)
+    rest = float(w[:-1].sum())
+    q = (w[:-1] / rest).tolist()
+    subsets = list(itertools.combinations(range(n), m))
+    mean_loss, mean_grads = 0.0, [torch.zeros_like(g) for g in full[1]]
+    for subset in subsets:
+        for draw in itertools.product(range(1, L), repeat=m):
+            p = math.prod(q[j - 1] for j in draw) / len(subsets)
+            row = [0] * n
+            for i, j in zip(subset, draw):
+                row[i] = j
+            value, grads = loss_and_grads(adapter, hidden, lambda: draws_cross_entropy(
+                vectors, adapter.reader, targets, torch.tensor([[L] * n, row]),
+                torch.tensor([float(w[-1]), rest * n / m]))[0])
+            mean_loss += p * value
+            mean_grads = [a + p * g for a, g in zip(mean_grads, grads)]
+    assert torch.allclose(mean_loss, full[0], atol=0, rtol=1e-6)
+    for got, want in zip(mean_grads, full[1]):
+        assert torch.allclose(got, want, atol=1e-9, rtol=1e-6)
+    # and a plan that reads only some rows is not the full loss at any one draw
+    one = draws_cross_entropy(vectors, adapter.reader, targets, torch.tensor([[L] * n, [1] + [0] * (n - 1)]),
+                              torch.tensor([float(w[-1]), rest * n]))[0]
+    assert not torch.allclose(one, full[0], atol=1e-3)
+
+
 def test_step_sampling_is_unbiased_and_rotation_is_exact_over_a_cycle_only(fused):
     adapter, hidden = gpt()
     vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden)
@@ -109,8 +143,8 @@ def test_the_real_sampler_averages_to_the_full_loss_within_its_standard_error():
     g = torch.Generator().manual_seed(5)
     directions = [torch.randn(full[1][k].shape, generator=g, dtype=torch.float64) for k in (0, 1)]
     project = lambda grads: torch.stack([(d * grads[k]).sum() for k, d in enumerate(directions)])  # noqa: E731
-    for mode in ("token", "step"):
-        objective = AlignedLoss(L, layer_sampling=mode)
+    for mode, fraction in (("token", 1.0), ("step", 1.0), ("token", 0.5)):
+        objective = AlignedLoss(L, layer_sampling=mode, sampled_fraction=fraction)
         samples = []
         for step in range(400):
             objective.set_draw(7, step)
@@ -131,6 +165,24 @@ def test_the_draws_follow_the_weights():
     q = (w[:-1] / w[:-1].sum()).double()
     assert ((counts - 60000 * q).abs() < 5 * (60000 * q * (1 - q)).sqrt()).all(), counts
     assert layer_draws(w, "step", 9, generator=g)[0][1].unique().numel() == 1
+
+
+def test_a_fraction_thins_the_same_draws_and_scales_them_up():
+    """fraction 1 draws exactly as before; a fraction keeps round(f n) rows of the same draws (the others 0),
+    a different random subset per seed, each row equally often, weighted W n / m."""
+    w = aligned_weights(6)
+    whole = layer_draws(w, "token", 1000, generator=torch.Generator().manual_seed(3))
+    same = layer_draws(w, "token", 1000, generator=torch.Generator().manual_seed(3), fraction=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(whole, same))
+    layers, scales = layer_draws(w, "token", 1000, generator=torch.Generator().manual_seed(3), fraction=0.25)
+    kept = layers[1] > 0
+    assert int(kept.sum()) == 250 and torch.equal(layers[1][kept], whole[0][1][kept]) and layers[0].eq(6).all()
+    assert torch.allclose(scales, torch.tensor([w[-1], (1 - w[-1]) * 4]))
+    hits = torch.zeros(10)
+    for seed in range(2000):
+        hits += (layer_draws(w, "token", 10, generator=torch.Generator().manual_seed(seed), fraction=0.3)[0][1] > 0)
+    assert ((hits - 600).abs() < 5 * math.sqrt(2000 * 0.3 * 0.7)).all(), hits  # each row read 3 times in 10
+    assert layer_draws(w, "token", 3, generator=torch.Generator(), fraction=0.01)[0][1].gt(0).sum() == 1  # m >= 1
 
 
 def test_sampled_reduces_to_the_standard_loss_when_all_weight_is_on_the_last_layer(fused):
@@ -178,6 +230,10 @@ def test_token_sampling_reads_the_head_once_for_the_sampled_rows(monkeypatch):
         counts[mode] = counter.get_total_flops()
     readout = 2 * n * d * V
     assert counts == {"none": 3 * L * readout, "token": 3 * 2 * readout}
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops}) as counter:
+        draws_cross_entropy(vectors, adapter.reader, targets, *layer_draws(
+            aligned_weights(L), "token", n, generator=torch.Generator(), fraction=0.25))[0].backward()
+    assert counter.get_total_flops() == 3 * 2 * (n + max(1, round(0.25 * n))) * d * V  # layer L + m sampled rows
 
 
 def test_bad_input_is_refused():
@@ -191,8 +247,21 @@ def test_bad_input_is_refused():
         layer_draws(torch.tensor([0.5, -0.1, 0.6]), "token", 3)
     adapter, hidden = gpt()
     vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden)
-    with pytest.raises(ValueError, match="layers must be 1-based layer numbers in 1..4"):
+    with pytest.raises(ValueError, match=r"layers must be 1-based layer numbers in 1..4 \(0: the row is not read\)"):
+        draws_cross_entropy(vectors, adapter.reader, targets, -torch.ones(1, 4, dtype=torch.long), torch.ones(1))
+    with pytest.raises(ValueError, match=r"a segment of layers reads no row \(all 0\)"):
         draws_cross_entropy(vectors, adapter.reader, targets, torch.zeros(1, 4, dtype=torch.long), torch.ones(1))
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction"):
+            layer_draws(aligned_weights(L), "token", 3, fraction=bad)
+        with pytest.raises(ValueError, match="sampled_fraction"):
+            AlignedLoss(L, layer_sampling="token", sampled_fraction=bad)
+    with pytest.raises(ValueError, match="it needs sampling 'token', not 'step'"):
+        layer_draws(aligned_weights(L), "step", 3, fraction=0.5)
+    with pytest.raises(ValueError, match="it needs layer_sampling='token', not 'none'"):
+        AlignedLoss(L, sampled_fraction=0.5)
+    with pytest.raises(ValueError, match="objective 'standard' takes sampled_fraction=1"):
+        make_objective("standard", adapter, sampled_fraction=0.5)
     with pytest.raises(ValueError, match=r"expected layers \(S, 4\) and scales \(S,\)"):
         draws_cross_entropy(vectors, adapter.reader, targets, torch.ones(2, 4, dtype=torch.long), torch.ones(1))
     with pytest.raises(ValueError, match="objective 'standard' takes layer_sampling='none'"):
@@ -210,3 +279,11 @@ def test_config_key_layer_sampling():
     assert aligned.layer_sampling == "none"
     assert identity_hash(aligned) != identity_hash(resolve(aligned, {"layer_sampling": "token"}))
     assert identity_hash(aligned) == identity_hash(resolve(aligned, {"layer_sampling": "none"}))
+    token = resolve(aligned, {"layer_sampling": "token"})
+    assert identity_hash(token) == identity_hash(resolve(token, {"sampled_fraction": 1}))
+    assert identity_hash(token) != identity_hash(resolve(token, {"sampled_fraction": 0.25}))
+    with pytest.raises(ConfigError, match="sampled_fraction 0.5 thins the per-token draws: it needs layer_sampling "
+                                          "token, not 'none'"):
+        resolve(aligned, {"sampled_fraction": 0.5})
+    with pytest.raises(ConfigError, match="sampled_fraction"):
+        resolve(token, {"sampled_fraction": 0})

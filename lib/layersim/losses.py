@@ -19,6 +19,8 @@ w_L) and one more layer per token or per step, drawn from the other layers' weig
   + w_{L-1}, i.e. 1 - w_L for weights that sum to 1), its cross-entropy weighted W. Then
   E[loss] = w_L CE_L + W sum_j q_j CE_j = sum_l w_l CE_l, and likewise the gradient (the draws do not depend
   on the parameters): the aligned loss and its gradient, in expectation, at about one extra head per step.
+  With ``sampled_fraction`` p < 1 only a random p of the rows (drawn without replacement) read their sampled
+  layer, weighted W / p: still unbiased, at p extra heads per step (more variance).
 - "step": one layer j for every row of the step, drawn as above (the same expectation, more variance).
 - "rotation": LayerSkip's rotational early-exit curriculum (Elhoushi et al. 2024): at step t the early layers
   j with (j - 1 - t) mod R = 0 are read (R = L - 1 by default: one early layer per step, in turn 1, 2, ...,
@@ -248,11 +250,13 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
                         scales: torch.Tensor, *, label_smoothing: float = 0.0, ignore_index: int = -100) -> tuple:
     """The loss of S segments, each reading every sample at a layer of its own (a plan of `layer_draws`):
 
-        loss = sum_s scales[s] * (1 / n') * sum_i CE(reader(vectors[layers[s, i] - 1, i], layers[s, i]), targets[i])
+        loss = sum_s scales[s] * (1 / n') * sum_{i: layers[s, i] > 0} CE(reader(vectors[layers[s, i] - 1, i],
+                                                                          layers[s, i]), targets[i])
 
-    vectors (L, n, d), targets (n,), layers (S, n) 1-based, scales (S,) >= 0; n' the count of targets that
-    are not `ignore_index`. Returns ``(loss, means)``: loss a scalar with its graph, means (S,) the detached
-    mean cross-entropy of each segment. The rows of a segment are read layer by layer (``reader.pre(v, l)``:
+    vectors (L, n, d), targets (n,), layers (S, n) 1-based, 0 where segment s does not read row i (each
+    segment reads at least one row), scales (S,) >= 0; n' the count of targets that are not `ignore_index`.
+    Returns ``(loss, means)``: loss a scalar with its graph, means (S,) the detached summed cross-entropy of
+    each segment's rows over n' (its mean cross-entropy when it reads every row). The rows of a segment are read layer by layer (``reader.pre(v, l)``:
     each layer its own steps before the head's linear layer, e.g. no final norm below L) and, when the loss
     is fused (a vocabulary), all segments read by one linear layer go through one `segments_cross_entropy`
     call: one pass of the head over the rows, one weight-sized gradient. Otherwise logits are formed per
@@ -267,8 +271,11 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
     if layers.dim() != 2 or layers.shape[1] != n or scales.shape != (layers.shape[0],):
         raise ValueError(f"expected layers (S, {n}) and scales (S,), got {tuple(layers.shape)} and "
                          f"{tuple(scales.shape)}")
-    if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > L):
-        raise ValueError(f"layers must be 1-based layer numbers in 1..{L}, got {layers.min()}..{layers.max()}")
+    if layers.numel() and (int(layers.min()) < 0 or int(layers.max()) > L):
+        raise ValueError(f"layers must be 1-based layer numbers in 1..{L} (0: the row is not read), got "
+                         f"{layers.min()}..{layers.max()}")
+    if layers.numel() and bool((layers == 0).all(1).any()):
+        raise ValueError("a segment of layers reads no row (all 0): leave it out of the plan")
     targets = _targets(targets, n, None, ignore_index, vectors=vectors)
     label_smoothing = real_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
     count = (targets != ignore_index).sum()
@@ -278,7 +285,7 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
     for row in layers:
         distinct = torch.unique(row).tolist()
         segments.append([(distinct[0], None)] if len(distinct) == 1 else
-                        [(l, (row == l).nonzero()[:, 0].to(vectors.device)) for l in distinct])
+                        [(l, (row == l).nonzero()[:, 0].to(vectors.device)) for l in distinct if l > 0])
 
     def rows_of(segment, read):
         parts = [(read(vectors[l - 1], l), targets) if idx is None else (read(vectors[l - 1, idx], l), targets[idx])
@@ -301,8 +308,14 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
         else:  # logits of the segment's rows, as `layer_loss` forms them
             (s,) = members
             logits, target = rows_of(segments[s], reader)
-            mean = layer_cross_entropy(logits[None], target, label_smoothing=label_smoothing,
-                                       ignore_index=ignore_index)[0]
+            kept = (target != ignore_index).sum()
+            if int(kept) == 0:  # a thinned segment whose rows all have ignored targets
+                mean = logits.sum() * 0.0
+            else:
+                mean = layer_cross_entropy(logits[None], target, label_smoothing=label_smoothing,
+                                           ignore_index=ignore_index)[0]
+                if int(kept) != int(count):  # a segment that reads some rows: its sum over all n' targets
+                    mean = mean * (kept.to(mean.dtype) / count.to(mean.dtype))
             value = scales[s].to(device=mean.device, dtype=mean.dtype) * mean
             means[s] = mean.detach().float().cpu()
         values.append(value)
@@ -310,7 +323,7 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
 
 
 def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: torch.Generator | None = None,
-                step: int = 0, period: int | None = None) -> tuple:
+                step: int = 0, period: int | None = None, fraction: float = 1.0) -> tuple:
     """Which layer reads each row, in segments: ``(layers (S, rows) 1-based, scales (S,))`` for
     `draws_cross_entropy`, an estimator of sum_l weights[l] CE_l (see the module docstring).
 
@@ -318,6 +331,11 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
     "token", "step" (draws from `generator`, default torch's global one) or "rotation" (from `step`, with
     `period` R, default L - 1). Layer L is read with its own weight whenever it has one; when the layers
     below L have no weight, every mode is the full loss.
+
+    fraction ("token" only; 0 < fraction <= 1): only m = max(1, round(fraction * rows)) rows, drawn without
+    replacement, read a sampled layer (the others 0: not read), weighted W rows / m. Each row is read with
+    probability m / rows, so the estimator stays unbiased, at 1 + m / rows readouts per step instead of 2 (and
+    more variance). fraction 1 draws exactly as before (no extra random numbers).
     """
     if sampling not in LAYER_SAMPLING:
         raise ValueError(f"unknown layer sampling {sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
@@ -325,6 +343,9 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
         raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     weights = layer_weights(weights, None, "weights").cpu()
     rows = whole_number(rows, "rows", low=1)
+    fraction = real_number(fraction, "fraction", low=0.0, high=1.0, low_open=True)
+    if fraction != 1.0 and sampling != "token":
+        raise ValueError(f"fraction={fraction} thins the per-token draws: it needs sampling 'token', not {sampling!r}")
     L = weights.numel()
     early, rest = weights[:-1], weights[:-1].sum()
     full = lambda ls: torch.tensor(ls)[:, None].expand(len(ls), rows)  # noqa: E731  (one layer per segment)
@@ -340,6 +361,12 @@ def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: t
         count = rows if sampling == "token" else 1
         j = torch.multinomial(early / rest, count, replacement=True, generator=generator) + 1
         extra = ([j.expand(rows)[None]], [rest[None]])
+        if fraction < 1.0:
+            m = max(1, round(fraction * rows))
+            thinned = torch.zeros(rows, dtype=j.dtype)
+            keep = torch.randperm(rows, generator=generator)[:m]
+            thinned[keep] = j[keep]
+            extra = ([thinned[None]], [rest[None] * (rows / m)])
     layers, scales = last[0] + extra[0], last[1] + extra[1]
     return torch.cat(layers), torch.cat(scales)
 
@@ -404,7 +431,9 @@ class AlignedLoss(LayerwiseObjective):
     (default lambda_l = 2l / (L(L+1)); see `aligned_weights`).
 
     layer_sampling: "none" (every layer) or an estimator that reads layer L and one more layer per token
-    ("token"), per step ("step") or in turn ("rotation"; see the module docstring and `layer_draws`). The
+    ("token"), per step ("step") or in turn ("rotation"; see the module docstring and `layer_draws`).
+    sampled_fraction ("token" only): the share of the rows that read their sampled layer (`layer_draws`'s
+    fraction). The
     draws of a call come from ``set_draw(seed, step, micro)`` (the training loop: the same draws on a resumed
     run); without it, from (`seed`, the number of calls so far, 0). "step" and "rotation" depend on the step
     only, so every micro-batch and process of a step reads the same layer. ``per_layer`` of the result holds
@@ -414,11 +443,16 @@ class AlignedLoss(LayerwiseObjective):
     name = "aligned"
 
     def __init__(self, num_layers: int, scheme: Union[str, Sequence[float], torch.Tensor] = "linear", *,
-                 label_smoothing: float = 0.0, layer_sampling: str = "none", seed: int = 0):
+                 label_smoothing: float = 0.0, layer_sampling: str = "none", sampled_fraction: float = 1.0,
+                 seed: int = 0):
         super().__init__(aligned_weights(num_layers, scheme), label_smoothing=label_smoothing)
         if layer_sampling not in LAYER_SAMPLING:
             raise ValueError(f"unknown layer sampling {layer_sampling!r}; choose one of {', '.join(LAYER_SAMPLING)}")
         self.layer_sampling, self.seed = layer_sampling, whole_number(seed, "seed", low=0)
+        self.sampled_fraction = real_number(sampled_fraction, "sampled_fraction", low=0.0, high=1.0, low_open=True)
+        if self.sampled_fraction != 1.0 and layer_sampling != "token":
+            raise ValueError(f"sampled_fraction={sampled_fraction} thins the per-token draws: it needs "
+                             f"layer_sampling='token', not {layer_sampling!r}")
         self._draw, self._calls = None, 0
 
     def set_draw(self, seed: int, step: int, micro: int = 0) -> None:
@@ -435,7 +469,7 @@ class AlignedLoss(LayerwiseObjective):
         vectors, targets = adapter.head_inputs(hidden), adapter.targets(hidden, labels)
         generator = torch.Generator().manual_seed(draw_seed(seed, step, micro if self.layer_sampling == "token" else 0))
         layers, scales = layer_draws(self.weights, self.layer_sampling, vectors.shape[1], generator=generator,
-                                     step=step)
+                                     step=step, fraction=self.sampled_fraction)
         loss, means = draws_cross_entropy(vectors, adapter.reader, targets, layers, scales,
                                           label_smoothing=self.label_smoothing)
         per_layer = torch.full((self.num_layers,), math.nan)
@@ -466,13 +500,13 @@ class MultiExitLoss(LayerwiseObjective):
 
 def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[float], None] = None,
                    heads: nn.Module | None = None, label_smoothing: float = 0.0, layer_sampling: str = "none",
-                   seed: int = 0) -> LayerwiseObjective:
+                   sampled_fraction: float = 1.0, seed: int = 0) -> LayerwiseObjective:
     """The objective named `objective` ("standard" | "aligned" | "multi_exit") for `adapter`.
 
     weights: the layer weights (see `aligned_weights`; default linear for aligned, uniform for multi_exit).
     heads: the exit heads of a multi-exit model (default ``ExitHeads.for_adapter(adapter)``: fresh heads,
-    or for our ViT built with ``multi_exit=True`` its own). layer_sampling, seed: the aligned objective's
-    estimator (see `AlignedLoss`); only "none" for the others.
+    or for our ViT built with ``multi_exit=True`` its own). layer_sampling, sampled_fraction, seed: the aligned
+    objective's estimator (see `AlignedLoss`); only "none" (and 1) for the others.
     """
     from .models import LayerAdapter
 
@@ -483,12 +517,16 @@ def make_objective(objective: str, adapter, *, weights: Union[str, Sequence[floa
     if layer_sampling != "none" and objective != "aligned":
         raise ValueError(f"layer_sampling={layer_sampling!r} estimates the aligned loss; objective {objective!r} "
                          "takes layer_sampling='none'")
+    if sampled_fraction != 1.0 and objective != "aligned":
+        raise ValueError(f"sampled_fraction={sampled_fraction} thins the aligned loss's draws; objective "
+                         f"{objective!r} takes sampled_fraction=1")
     L = adapter.num_layers
     w = objective_weights(objective, L, weights)
     if objective == "standard":
         return StandardLoss(L, label_smoothing=label_smoothing)
     if objective == "aligned":
-        return AlignedLoss(L, w, label_smoothing=label_smoothing, layer_sampling=layer_sampling, seed=seed)
+        return AlignedLoss(L, w, label_smoothing=label_smoothing, layer_sampling=layer_sampling,
+                           sampled_fraction=sampled_fraction, seed=seed)
     if heads is None:
         from .models import ExitHeads
 

@@ -6,7 +6,8 @@ wrong types are a `ConfigError` (a ValueError) naming the key and what is allowe
 
 The *identity* of a run is the config without the keys that cannot change the trained weights
 (`RUNTIME_KEYS`: name, device, checkpoint interval, evaluation batch size, progress bar), and without the
-keys added after runs existed while they hold their default (`DEFAULT_FREE_KEYS`: ``layer_sampling: none``),
+keys added after runs existed while they hold their default (`DEFAULT_FREE_KEYS`: ``layer_sampling: none``,
+``sampled_fraction: 1``),
 so that those runs keep their identity. Checkpoints, the run folder and the notebook cache are keyed by it.
 """
 from __future__ import annotations
@@ -79,6 +80,7 @@ class TrainConfig:
     layer_weights: str = ""       # "" (objective's default) | linear | uniform | last | comma-separated numbers
     layer_sampling: str = "none"  # aligned only: none (every layer) | token | step | rotation: layer L plus one
     #                               sampled layer per token / per step, or in turn (layersim.losses.layer_draws)
+    sampled_fraction: float = 1.0 # layer_sampling token: the share of tokens that read their sampled layer (0-1]
     label_smoothing: float = 0.0
     # ---- optimisation
     epochs: int = 3
@@ -106,7 +108,8 @@ class TrainConfig:
 
 
 RUNTIME_KEYS = ("name", "device", "checkpoint_every", "eval_batch_size", "progress")
-DEFAULT_FREE_KEYS = {"layer_sampling": "none"}  # left out of the identity at these values (added after runs existed)
+# left out of the identity at these values (added after runs existed)
+DEFAULT_FREE_KEYS = {"layer_sampling": "none", "sampled_fraction": 1.0}
 KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -140,6 +143,10 @@ def check(cfg: TrainConfig) -> None:
     if cfg.layer_sampling != "none" and cfg.objective != "aligned":
         raise ConfigError(f"layer_sampling {cfg.layer_sampling!r} estimates the aligned loss: it needs objective "
                           f"aligned, not {cfg.objective!r} (or layer_sampling none)")
+    _in_range(cfg, "sampled_fraction", real_number, low=0.0, high=1.0, low_open=True)
+    if cfg.sampled_fraction != 1.0 and cfg.layer_sampling != "token":
+        raise ConfigError(f"sampled_fraction {cfg.sampled_fraction} thins the per-token draws: it needs "
+                          f"layer_sampling token, not {cfg.layer_sampling!r} (or sampled_fraction 1)")
     _choice(cfg, "schedule", SCHEDULES)
     _choice(cfg, "amp", AMP_MODES)
     _choice(cfg, "normalize", NORMALIZE)

@@ -158,6 +158,7 @@ def _run(cfg: TrainConfig, out: Path, dist: Dist) -> TrainResult:
         heads = ExitHeads.for_adapter(adapter).to(dist.device)
     objective = make_objective(cfg.objective, adapter, weights=layer_weights(cfg), heads=heads,
                                label_smoothing=cfg.label_smoothing, layer_sampling=cfg.layer_sampling,
+                               sampled_fraction=cfg.sampled_fraction,
                                seed=cfg.seed).to(dist.device)
     step_module = TrainStep(adapter, objective)
     step_module.train()
