@@ -765,7 +765,8 @@ def test_hugging_face_vision_models_are_read_and_unknown_vision_classes_refused_
     adapter = adapt(transformers.ViTModel(config))
     assert not adapter.has_readout and adapter.structure()["head"] == "none (a bare backbone)"
     with pytest.raises(ValueError, match=r"ViTForMaskedImageModeling \(vit\): the Hugging Face vision classes read "
-                                         r"are ViTModel, .*CLIPVisionModel; for another, use timm") as caught:
+                                         r"are ViTModel, .*CLIPVisionModelWithProjection, .*SiglipForImageClassification; "
+                                         r"for another, use timm") as caught:
         adapt(transformers.ViTForMaskedImageModeling(config))
     assert "decoder" not in str(caught.value)
     gpt = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))

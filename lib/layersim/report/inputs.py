@@ -86,7 +86,7 @@ def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_
     if isinstance(data, tuple) and len(data) == 2:
         data, labels = data
     if kind == "audio":
-        return _audio_inputs(adapter, data, n, batch_size or 8)
+        return _audio_inputs(adapter, data, labels, n, batch_size or 8)
     if kind == "tensor":
         return _tensor_inputs(adapter, data, labels, n, batch_size or 32)
     if data is None:
@@ -208,10 +208,11 @@ def _image_inputs(adapter, data, labels, source, classes, size) -> Inputs:
     return Inputs(batches, len(data), source, use is not None, classes, notes=notes)
 
 
-def _audio_inputs(adapter, data, n, size) -> Inputs:
-    """An audio encoder's inputs: an (N, mel bins, frames) float tensor from Python (no offline audio source)."""
+def _audio_inputs(adapter, data, labels, n, size) -> Inputs:
+    """An audio model's inputs: an (N, mel bins, frames) float tensor from Python (no offline audio source), with
+    labels for an audio classifier."""
     mel, frames = _expected_shape(adapter)
-    return _tensor_inputs(adapter, data, None, n, size, floats=True, what="log-mel features ",
+    return _tensor_inputs(adapter, data, labels, n, size, floats=True, what="log-mel features ",
                           no_source="audio and there is no offline audio source",
                           want=f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's "
                                f"input_features, padded to {frames} frames)")
