@@ -848,6 +848,41 @@ def test_hf_vision_backbones_are_checked_against_their_own_output():
         adapter.hidden_states(torch.randn(2, 3, 32, 32))
 
 
+class AddsToItsInput(torch.nn.Module):
+    """A block that changes its input in place before running (as some block implementations do)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden_states, *args, **kwargs):
+        hidden_states.add_(1.0)
+        return self.block(hidden_states, *args, **kwargs)
+
+
+def test_layer_0_is_kept_before_a_block_changes_its_input_in_place(tokenizer):
+    """Layer 0 (the embedding output) is copied before block 1 runs: a first block that adds to its input in place
+    leaves it equal to the embedding module's output, whether the blocks run in the model's own forward (a Hugging
+    Face ViT, read with hooks) or in layersim's loop (BERT)."""
+    from layersim.models.families import find_blocks
+
+    vit = tiny_vision(transformers.ViTForImageClassification, transformers.ViTConfig, num_labels=3)
+    bert = transformers.BertForSequenceClassification(tiny_text_config("bert", len(tokenizer))).eval()
+    ids = torch.randint(5, len(tokenizer), (2, 6), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cases = [(vit, x, lambda: vit.vit.embeddings(x)),
+             (bert, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, lambda: bert.bert.embeddings(input_ids=ids))]
+    for model, batch, embed in cases:
+        with torch.no_grad():
+            plain = adapt(model, tokenizer).hidden_states(batch)
+            blocks = find_blocks(model.base_model)[1]
+            blocks[0] = AddsToItsInput(blocks[0])
+            hidden = adapt(model, tokenizer).hidden_states(batch)
+            assert not torch.allclose(hidden.states[0], plain.states[0], atol=1e-3)  # the block did add to its input
+            assert torch.allclose(hidden.embedded, embed(), atol=1e-6)
+            assert torch.allclose(hidden.embedded, plain.embedded, atol=1e-6)
+
+
 def test_gemma2_soft_capping_is_read_at_every_layer_and_never_fused_away(monkeypatch):
     """Gemma-2's head is cap * tanh(lm_head(norm(h)) / cap): the reader applies the cap on every layer (layer L is
     the model's own logits), so the head does not end in one linear layer and the losses form the capped
