@@ -1,13 +1,15 @@
 """Hugging Face vision towers beyond ViT/DeiT/Dinov2/CLIP (Dinov2 with registers, CLIP with its projection, SigLIP)
-and Whisper's audio classifier: every layer read with the model's own head, computed here independently of the
-adapter from the layers the model's own forward gives, and the adapter refused where it assumes the wrong tokens,
-norm or output. Tiny models from configs, their norms randomised (a fresh LayerNorm would hide a misplaced norm).
+and audio classifiers (Whisper's, wav2vec 2.0's, HuBERT's): every layer read with the model's own head, computed
+here from the layers independently of the adapter's head, and the adapter refused where it assumes the wrong
+tokens, norm or output. Tiny models from configs, their norms randomised (a fresh LayerNorm would hide a misplaced
+norm).
 """
 import pytest
 import torch
 import transformers
 
-from layersim.models import HFVision, SelfCheckError, WhisperAudioClassifier, adapt, load_model
+from layersim.models import (HFVision, SelfCheckError, WaveformClassifier, WhisperAudioClassifier, adapt,
+                             load_model)
 from test_selfcheck import randomize_norms
 
 transformers.logging.set_verbosity_error()
@@ -18,6 +20,10 @@ WHISPER = dict(num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=1, e
                decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=8,
                classifier_proj_size=8, num_labels=3)
 MELS = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(2))
+WAV2VEC2 = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+                conv_stride=(4, 2), conv_kernel=(8, 4), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+                classifier_proj_size=8, num_labels=3)
+WAVES = torch.randn(3, 120, generator=torch.Generator().manual_seed(4))
 
 
 def tiny(cls, config):
@@ -141,3 +147,43 @@ def test_whisper_audio_classifier_reads_its_head_at_every_layer(tmp_path):
     with pytest.raises(ValueError, match="use_weighted_layer_sum=True: its head reads a softmax-weighted sum of every "
                                          "layer's hidden states, not the last layer"):
         adapt(weighted)
+
+
+@pytest.mark.parametrize("cls, config_cls", [
+    (transformers.Wav2Vec2ForSequenceClassification, transformers.Wav2Vec2Config),
+    (transformers.HubertForSequenceClassification, transformers.HubertConfig)])
+def test_wav2vec2_and_hubert_classifiers_read_their_head_at_every_layer(cls, config_cls, tmp_path):
+    """Post-norm (base) and pre-norm (do_stable_layer_norm, with encoder.layer_norm after block L) variants: layer
+    l is classifier(mean over frames of projector(n_l)), n_l normed only where the model normalises after block L;
+    read with the other variant's norm, layer L no longer equals the logits: refused. A saved folder loads as
+    saved. Waveforms too short for the convolutions are refused, saying how long they must be;
+    use_weighted_layer_sum is refused."""
+    for stable in (False, True):
+        model = tiny(cls, config_cls(**WAV2VEC2, do_stable_layer_norm=stable))
+        adapter = adapt(model)
+        assert type(adapter) is WaveformClassifier and adapter.has_final_norm == stable and adapter.min_samples == 20
+        with torch.no_grad():
+            hidden = adapter.hidden_states(WAVES)
+            read = adapter.read(hidden)
+            for l in range(1, 3):
+                normed = model.base_model.encoder.layer_norm(hidden.states[l - 1]) if stable else hidden.states[l - 1]
+                assert torch.allclose(read[l - 1], model.classifier(model.projector(normed).mean(1)), atol=1e-5)
+            assert torch.allclose(read[-1], model(WAVES).logits, atol=1e-5)
+
+        class OtherNorm(WaveformClassifier):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.has_final_norm = not stable
+
+        with pytest.raises(SelfCheckError, match="layer L is the model's prediction"):
+            OtherNorm(model)
+    model.save_pretrained(tmp_path / "classifier")
+    loaded = load_model(tmp_path / "classifier")
+    assert type(loaded) is WaveformClassifier and type(loaded.model) is cls and loaded.has_final_norm
+    with torch.no_grad():
+        assert torch.allclose(loaded.logits(WAVES), model(WAVES).logits, atol=1e-5)
+    with pytest.raises(ValueError, match=r"reads waveforms of at least 20 samples \(the receptive field of its "
+                                         r"convolutional feature encoder\), got 19"):
+        adapter.hidden_states(torch.randn(2, 19))
+    with pytest.raises(ValueError, match="use_weighted_layer_sum=True: its head reads a softmax-weighted sum"):
+        adapt(cls(config_cls(**WAV2VEC2, use_weighted_layer_sum=True)))

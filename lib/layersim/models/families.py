@@ -19,7 +19,9 @@ Hugging Face families (by where the base model keeps them):
   (after the class token); CLIP's ``visual_projection`` of the pooled output (`VISION_PROJECTIONS`);
 - encoder stacks of encoder-decoder models (`ENCODER_STACKS`): T5's ``encoder.block`` and
   ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``; audio classifiers
-  (`AUDIO_CLASSIFIERS`): Whisper's encoder with ``projector`` and ``classifier`` (`audio_head`);
+  (`AUDIO_CLASSIFIERS`): Whisper's encoder, wav2vec 2.0's and HuBERT's ``encoder.layers`` (final norm
+  ``encoder.layer_norm`` after block L where ``do_stable_layer_norm``, else post-norm), with ``projector`` and
+  ``classifier`` (`audio_head`);
 - what runs before block 1 (`BLOCK_ENTRY`): written out for GPT-2, the Llama family, GPT-NeoX and the BERT family, whose
   blocks layersim then runs in its own explicit loop (`layersim.models.decoder`, `layersim.models.text`); every
   other family is read through the model's own forward, with hooks on its blocks (`layersim.models.hf_blocks`).
@@ -121,9 +123,12 @@ ENCODER_STACKS = {"T5EncoderModel": ("final_layer_norm", "text"), "T5Model": ("f
                   "T5ForConditionalGeneration": ("final_layer_norm", "text"),
                   "WhisperModel": ("layer_norm", "audio"), "WhisperForConditionalGeneration": ("layer_norm", "audio")}
 # audio classifiers read with their head on every layer (`audio_head`: classifier(mean over frames of
-# projector(n_l)), n_l the layer's frames after the encoder's final norm): class name -> (what they read, the
-# final norm of their encoder stack); "log-mel": Whisper's encoder (`layersim.models.stacks`)
-AUDIO_CLASSIFIERS = {"WhisperForAudioClassification": ("log-mel", "layer_norm")}
+# projector(n_l)), n_l the layer's frames after the encoder's final norm where there is one): class name -> (what
+# they read, the final norm of their encoder stack (None: from the config, `layersim.models.audio`)); "log-mel":
+# Whisper's encoder, "waveform": wav2vec 2.0 / HuBERT (convolutional feature encoder, then the blocks)
+AUDIO_CLASSIFIERS = {"WhisperForAudioClassification": ("log-mel", "layer_norm"),
+                     "Wav2Vec2ForSequenceClassification": ("waveform", None),
+                     "HubertForSequenceClassification": ("waveform", None)}
 
 
 def audio_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:

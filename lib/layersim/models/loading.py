@@ -19,7 +19,8 @@ from .base import LayerAdapter
 from .families import (AUDIO_CLASSIFIERS, ENCODER_STACKS, VISION_CLASSES, is_causal_lm_type, is_encoder_type,
                        is_seq2seq_type)
 from .hf_vision import HFVision
-from .stacks import T5EncoderStack, WhisperAudioClassifier, WhisperEncoderStack
+from .audio import WaveformClassifier, WhisperAudioClassifier
+from .stacks import T5EncoderStack, WhisperEncoderStack
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
 from .vit import VisionTransformer
@@ -252,7 +253,7 @@ def _load_by_hub_name(name: str, *, num_labels, final_norm, **text_kwargs) -> La
 # ---- choosing an adapter -------------------------------------------------------------------------------
 def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
     """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer,
-    the encoder stack of a T5 or Whisper model, Whisper's audio classifier (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
+    the encoder stack of a T5 or Whisper model, an audio classifier (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
@@ -269,7 +270,8 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         if getattr(model, "main_input_name", None) == "pixel_values":
             return HFVision(model, **kwargs)
         if cls_name in AUDIO_CLASSIFIERS:
-            return WhisperAudioClassifier(model, **kwargs)
+            reads = AUDIO_CLASSIFIERS[cls_name][0]
+            return (WhisperAudioClassifier if reads == "log-mel" else WaveformClassifier)(model, **kwargs)
         if cls_name in ENCODER_STACKS:
             if ENCODER_STACKS[cls_name][1] == "audio":
                 return WhisperEncoderStack(model, **kwargs)

@@ -1,5 +1,5 @@
-"""Adapters for the encoder stack of an encoder-decoder model: T5's encoder (text) and Whisper's encoder (audio),
-and for Whisper's audio classifier (``WhisperForAudioClassification``: the same encoder with a head).
+"""Adapters for the encoder stack of an encoder-decoder model: T5's encoder (text) and Whisper's encoder (audio;
+with a head, ``WhisperForAudioClassification``, in `layersim.models.audio`).
 
 Given a whole model (``T5ForConditionalGeneration``, ``T5Model``, ``WhisperForConditionalGeneration``,
 ``WhisperModel``) or the encoder alone (``T5EncoderModel``), they read ``model.get_encoder()``: its blocks during
@@ -7,9 +7,7 @@ its own forward (`layersim.models.hf_blocks`), features and similarity only (the
 reads the encoder, so there is no readout). Layer l is the raw output of block l; the stack's final norm (T5
 ``final_layer_norm``, Whisper ``layer_norm``) follows block L, as in the pre-norm text encoders: the features
 take it per ``feature_norm`` (`layersim.extract`), and the self-check compares it on layer L with the encoder's
-own ``last_hidden_state``. ``WhisperForAudioClassification`` reads layer l with its own head,
-``classifier(mean over frames of projector(layer_norm(h_l)))`` (`WhisperAudioClassifier`), checked against its
-logits.
+own ``last_hidden_state``.
 """
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .base import LayerAdapter
-from .families import AUDIO_CLASSIFIERS, ENCODER_STACKS, audio_head
+from .families import AUDIO_CLASSIFIERS, ENCODER_STACKS
 from .hf_blocks import HFBlocks
 from .inputs import check_float_input
 from .text import _HFText
@@ -72,6 +70,7 @@ class WhisperEncoderStack(_EncoderStack, HFBlocks, LayerAdapter):
     features (a WhisperFeatureExtractor's ``input_features``); frames = 2 * max_source_positions."""
 
     modality = "audio"
+    input_name = "log-mel features"
 
     def __init__(self, model, *, name: str | None = None, final_norm: bool = True):
         config = model.config
@@ -84,47 +83,16 @@ class WhisperEncoderStack(_EncoderStack, HFBlocks, LayerAdapter):
     def settings(self) -> dict:
         return {**super().settings(), "model_class": type(self.model).__name__}
 
+    def inputs_wanted(self) -> str:
+        """What a batch must be, for people (the report's messages)."""
+        mel, frames = self.input_shape
+        return (f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's "
+                f"input_features, padded to {frames} frames)")
+
     def _model_inputs(self, batch) -> dict:
         return {"input_features": check_float_input(batch, self.input_shape, self.dtype, self.device, self.name,
-                                                    what="log-mel features", dims="mel bins, frames")}
+                                                    what=self.input_name, dims="mel bins, frames")}
 
     def probe_batch(self) -> torch.Tensor:
         return torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
 
-
-class WhisperAudioClassifier(WhisperEncoderStack):
-    """``WhisperForAudioClassification``: Whisper's encoder stack (as `WhisperEncoderStack`) read with the model's own
-    head at every layer. Its logits are ``classifier(mean over frames of projector(layer_norm(h_L)))``; the
-    projector is linear, so this is ``classifier(projector(mean(layer_norm(h_l))))``: the final norm on every
-    frame, mean pooling over all frames, then the projector and the classifier (a model that mixes its layers,
-    ``use_weighted_layer_sum``, is refused: `layersim.models.families.audio_head`)."""
-
-    has_class_token = False
-    readout_pooling = "mean"
-    norm_before_pool = True  # the head normalises every frame, then averages them
-
-    def __init__(self, model, *, name: str | None = None, final_norm: bool = True):
-        self.projector, self.classifier = audio_head(model)
-        super().__init__(model, name=name, final_norm=final_norm)
-        self.num_classes = self.classifier.out_features
-
-    def run_model(self, batch):
-        return self.model(**self._model_inputs(batch))
-
-    def logits(self, batch) -> torch.Tensor:
-        return self.run_model(batch).logits
-
-    def head_linear(self):
-        return self.classifier
-
-    def _pre_linear(self, normed: torch.Tensor) -> torch.Tensor:
-        return self.projector(normed)
-
-    def structure(self) -> dict:
-        return {**super().structure(), "read": f"the encoder stack of {type(self.model).__name__} with its head",
-                "head": "classifier(projector(.)) on the mean over frames of the normed frames (the model averages "
-                        "projector(frames); the projector is linear, so both are equal)"}
-
-    def readout_formula(self) -> str:
-        formula = f"classifier(projector(mean_frames({self.norm_path}(h_l))))"
-        return formula + ("" if self.final_norm else f"; {self.norm_path} skipped for l < L")
