@@ -26,6 +26,16 @@ WAV2VEC2 = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, inte
 WAVES = torch.randn(3, 120, generator=torch.Generator().manual_seed(4))
 
 
+def assuming(cls, **attrs):
+    """`cls` with `attrs` set once made (a wrong assumption about the model), before its self-check runs."""
+    class Assuming(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.__dict__.update(attrs)
+
+    return Assuming
+
+
 def tiny(cls, config):
     torch.manual_seed(0)
     return randomize_norms(cls(config))
@@ -56,14 +66,8 @@ def test_dinov2_with_registers_reads_the_class_token_and_the_patches_after_the_r
             expected = model.classifier(torch.cat([n[:, 0], n[:, 3:].mean(1)], dim=-1))
             assert torch.allclose(read[l - 1], expected, atol=1e-5)
         assert torch.allclose(read[-1], own.logits, atol=1e-5)
-
-    class RegistersAsPatches(HFVision):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.num_prefix = 1  # the mean then takes the registers with the patches
-
     with pytest.raises(SelfCheckError, match="layer L is the model's prediction"):
-        RegistersAsPatches(model)
+        assuming(HFVision, num_prefix=1)(model)  # the mean then takes the registers with the patches
     bare = adapt(dinov2_registers(head=False))
     assert not bare.has_readout and bare.num_prefix == 3 and "bare Dinov2WithRegistersModel" in bare.no_readout_reason()
 
@@ -100,14 +104,8 @@ def test_siglip_normalises_every_token_and_has_no_class_token():
     assert not adapter.has_class_token and "cls" not in adapter.poolings and adapter.num_prefix == 0
     assert adapter.structure()["final norm at"] == "post_layernorm (on every token)"
     assert "SiglipMultiheadAttentionPoolingHead" in adapter.structure()["pooled output"]
-
-    class PooledClassToken(HFVision):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.norm_before_pool = False
-
     with pytest.raises(SelfCheckError, match="layer L is the model's output"):
-        PooledClassToken(bare)
+        assuming(HFVision, norm_before_pool=False)(bare)  # CLIP's norm of the pooled class token
     model = tiny(transformers.SiglipForImageClassification,
                  transformers.SiglipConfig(vision_config=VIT, num_labels=3))
     adapter = adapt(model)
@@ -169,14 +167,8 @@ def test_wav2vec2_and_hubert_classifiers_read_their_head_at_every_layer(cls, con
                 normed = model.base_model.encoder.layer_norm(hidden.states[l - 1]) if stable else hidden.states[l - 1]
                 assert torch.allclose(read[l - 1], model.classifier(model.projector(normed).mean(1)), atol=1e-5)
             assert torch.allclose(read[-1], model(WAVES).logits, atol=1e-5)
-
-        class OtherNorm(WaveformClassifier):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.has_final_norm = not stable
-
         with pytest.raises(SelfCheckError, match="layer L is the model's prediction"):
-            OtherNorm(model)
+            assuming(WaveformClassifier, has_final_norm=not stable)(model)
     model.save_pretrained(tmp_path / "classifier")
     loaded = load_model(tmp_path / "classifier")
     assert type(loaded) is WaveformClassifier and type(loaded.model) is cls and loaded.has_final_norm

@@ -16,7 +16,7 @@ import math
 import torch
 
 from .base import LayerAdapter
-from .families import audio_head
+from .families import AUDIO_CLASSIFIERS, audio_head, get_path
 from .hf_blocks import HFBlocks
 from .inputs import check_float_input
 from .stacks import WhisperEncoderStack
@@ -91,8 +91,8 @@ class WaveformClassifier(_AudioHead, HFBlocks, LayerAdapter):
                              "layersim.models.LayerAdapter for it")
         self.num_layers, self.width = len(self._blocks), config.hidden_size
         self.has_final_norm = bool(getattr(config, "do_stable_layer_norm", False))
-        self.norm_path = "encoder.layer_norm"
-        self.norm_module = self.base.encoder.layer_norm
+        self.norm_path = AUDIO_CLASSIFIERS[type(model).__name__][1]
+        self.norm_module = get_path(self.base, self.norm_path)
         self.input_shape = (None,)
         # the shortest waveform giving one frame (the receptive field of the convolutions), and 8 frames (the probe)
         self.min_samples = 1 + sum((k - 1) * math.prod(config.conv_stride[:i]) for i, k in enumerate(config.conv_kernel))

@@ -124,11 +124,12 @@ ENCODER_STACKS = {"T5EncoderModel": ("final_layer_norm", "text"), "T5Model": ("f
                   "WhisperModel": ("layer_norm", "audio"), "WhisperForConditionalGeneration": ("layer_norm", "audio")}
 # audio classifiers read with their head on every layer (`audio_head`: classifier(mean over frames of
 # projector(n_l)), n_l the layer's frames after the encoder's final norm where there is one): class name -> (what
-# they read, the final norm of their encoder stack (None: from the config, `layersim.models.audio`)); "log-mel":
-# Whisper's encoder, "waveform": wav2vec 2.0 / HuBERT (convolutional feature encoder, then the blocks)
+# they read, the final norm in the module whose forward runs the blocks); "log-mel": Whisper's encoder stack,
+# "waveform": wav2vec 2.0 / HuBERT (their base model: convolutional feature encoder, then the blocks; the norm
+# follows block L only where ``do_stable_layer_norm``, else it runs before block 1 and the blocks are post-norm)
 AUDIO_CLASSIFIERS = {"WhisperForAudioClassification": ("log-mel", "layer_norm"),
-                     "Wav2Vec2ForSequenceClassification": ("waveform", None),
-                     "HubertForSequenceClassification": ("waveform", None)}
+                     "Wav2Vec2ForSequenceClassification": ("waveform", "encoder.layer_norm"),
+                     "HubertForSequenceClassification": ("waveform", "encoder.layer_norm")}
 
 
 def audio_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:
