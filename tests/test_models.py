@@ -871,7 +871,8 @@ def test_layer_0_is_kept_before_a_block_changes_its_input_in_place(tokenizer):
     ids = torch.randint(5, len(tokenizer), (2, 6), generator=torch.Generator().manual_seed(0))
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     cases = [(vit, x, lambda: vit.vit.embeddings(x)),
-             (bert, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, lambda: bert.bert.embeddings(input_ids=ids))]
+             (bert, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+              lambda: bert.bert.embeddings(input_ids=ids))]
     for model, batch, embed in cases:
         with torch.no_grad():
             plain = adapt(model, tokenizer).hidden_states(batch)

@@ -397,8 +397,8 @@ def family_models():
         "wav2vec2": (t.Wav2Vec2ForSequenceClassification(t.Wav2Vec2Config(**wav2vec2)), waves),
         "hubert-stable": (t.HubertForSequenceClassification(t.HubertConfig(**wav2vec2, do_stable_layer_norm=True)),
                           waves),
-        "wav2vec2-weighted": (t.Wav2Vec2ForSequenceClassification(t.Wav2Vec2Config(**wav2vec2,
-                                                                                    use_weighted_layer_sum=True)), waves),
+        "wav2vec2-weighted": (t.Wav2Vec2ForSequenceClassification(
+            t.Wav2Vec2Config(**wav2vec2, use_weighted_layer_sum=True)), waves),
         "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                                        embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
         "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,

@@ -95,8 +95,9 @@ class WaveformClassifier(_AudioHead, HFBlocks, LayerAdapter):
         self.norm_module = get_path(self.base, self.norm_path)
         self.input_shape = (None,)
         # the shortest waveform giving one frame (the receptive field of the convolutions), and 8 frames (the probe)
-        self.min_samples = 1 + sum((k - 1) * math.prod(config.conv_stride[:i]) for i, k in enumerate(config.conv_kernel))
-        self.probe_samples = self.min_samples + 7 * math.prod(config.conv_stride)
+        kernels, strides = config.conv_kernel, config.conv_stride
+        self.min_samples = 1 + sum((k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels))
+        self.probe_samples = self.min_samples + 7 * math.prod(strides)
 
     def settings(self) -> dict:
         return {**super().settings(), "model_class": type(self.model).__name__}

@@ -253,7 +253,8 @@ def _load_by_hub_name(name: str, *, num_labels, final_norm, **text_kwargs) -> La
 # ---- choosing an adapter -------------------------------------------------------------------------------
 def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
     """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer,
-    the encoder stack of a T5 or Whisper model, an audio classifier (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
+    the encoder stack of a T5 or Whisper model, an audio classifier (an adapter is returned as it is).
+    kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
