@@ -12,13 +12,13 @@ The house: `base` (Hidden, the adapter interface), `families` (where each family
 `vision`, `text`, `hf_vision`, `stacks` and `audio` (the adapters; `hf_blocks` reads a Hugging Face model's blocks),
 `readers` (the shared head and exit heads: the one way to read a layer), `selfcheck` (every adapter checked against the model's own output when made), `loading`, `vit` (our ViT).
 """
+from .audio import WaveformClassifier, WhisperAudioClassifier
 from .base import (AUTHORS_GPT2_READOUT, LOGIT_ELEMENTS_PER_CHUNK, POOLINGS, BlockState, Hidden, LayerAdapter,
                    check_upto, eval_mode, layer_indices, layer_number)
 from .decoder import DecoderSteps, decoder_steps
 from .families import is_encoder_type, is_seq2seq_type
 from .hf_vision import HFVision
 from .stacks import T5EncoderStack, WhisperEncoderStack
-from .audio import WaveformClassifier, WhisperAudioClassifier
 from .loading import OFFLINE_MODELS, adapt, load_model, minilm_path, smollm2_path
 from .readers import ExitHeads, Reader, SharedHead, as_reader, read_chunks
 from .selfcheck import SelfCheckError
@@ -28,8 +28,9 @@ from .vit import ViTConfig, VisionTransformer, state_dict_from_timm, state_dict_
 
 __all__ = ["DecoderSteps", "decoder_steps", "load_model", "adapt", "minilm_path", "smollm2_path", "OFFLINE_MODELS", "POOLINGS", "Hidden",
            "BlockState", "LayerAdapter", "ViTAdapter", "TimmViTAdapter", "HFEncoder", "HFCausalLM", "HFVision",
-           "T5EncoderStack", "WhisperEncoderStack", "WhisperAudioClassifier", "WaveformClassifier",
+           "T5EncoderStack", "WhisperEncoderStack",
            "Reader", "SharedHead", "ExitHeads", "as_reader", "read_chunks", "SelfCheckError",
            "AUTHORS_GPT2_READOUT", "LOGIT_ELEMENTS_PER_CHUNK", "VisionTransformer", "ViTConfig", "eval_mode",
            "layer_indices", "layer_number", "check_upto", "is_encoder_type", "is_seq2seq_type", "state_dict_from_timm",
            "state_dict_to_timm", "timm_kwargs", "tokenizer_fingerprint"]
+__all__ += ["WhisperAudioClassifier", "WaveformClassifier"]
