@@ -799,7 +799,8 @@ def test_hugging_face_vision_models_are_read_and_unknown_vision_classes_refused_
     adapter = adapt(transformers.ViTModel(config))
     assert not adapter.has_readout and adapter.structure()["head"] == "none (a bare backbone)"
     with pytest.raises(ValueError, match=r"ViTForMaskedImageModeling \(vit\): the Hugging Face vision classes read "
-                                         r"are ViTModel, .*CLIPVisionModel; for another, use timm") as caught:
+                                         r"are ViTModel, .*CLIPVisionModelWithProjection, .*SiglipForImageClassification; "
+                                         r"for another, use timm") as caught:
         adapt(transformers.ViTForMaskedImageModeling(config))
     assert "decoder" not in str(caught.value)
     gpt = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
@@ -879,6 +880,42 @@ def test_hf_vision_backbones_are_checked_against_their_own_output():
     assert adapter.num_prefix == 2 and adapter.head_tokens == 2
     with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 16, 16\)"):
         adapter.hidden_states(torch.randn(2, 3, 32, 32))
+
+
+class AddsToItsInput(torch.nn.Module):
+    """A block that changes its input in place before running (as some block implementations do)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden_states, *args, **kwargs):
+        hidden_states.add_(1.0)
+        return self.block(hidden_states, *args, **kwargs)
+
+
+def test_layer_0_is_kept_before_a_block_changes_its_input_in_place(tokenizer):
+    """Layer 0 (the embedding output) is copied before block 1 runs: a first block that adds to its input in place
+    leaves it equal to the embedding module's output, whether the blocks run in the model's own forward (a Hugging
+    Face ViT, read with hooks) or in layersim's loop (BERT)."""
+    from layersim.models.families import find_blocks
+
+    vit = tiny_vision(transformers.ViTForImageClassification, transformers.ViTConfig, num_labels=3)
+    bert = transformers.BertForSequenceClassification(tiny_text_config("bert", len(tokenizer))).eval()
+    ids = torch.randint(5, len(tokenizer), (2, 6), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cases = [(vit, x, lambda: vit.vit.embeddings(x)),
+             (bert, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+              lambda: bert.bert.embeddings(input_ids=ids))]
+    for model, batch, embed in cases:
+        with torch.no_grad():
+            plain = adapt(model, tokenizer).hidden_states(batch)
+            blocks = find_blocks(model.base_model)[1]
+            blocks[0] = AddsToItsInput(blocks[0])
+            hidden = adapt(model, tokenizer).hidden_states(batch)
+            assert not torch.allclose(hidden.states[0], plain.states[0], atol=1e-3)  # the block did add to its input
+            assert torch.allclose(hidden.embedded, embed(), atol=1e-6)
+            assert torch.allclose(hidden.embedded, plain.embedded, atol=1e-6)
 
 
 def test_gemma2_soft_capping_is_read_at_every_layer_and_never_fused_away(monkeypatch):

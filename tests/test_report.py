@@ -287,6 +287,19 @@ def test_audio_encoder_takes_log_mel_tensors_and_says_what_was_wrong(data, messa
         report(family_models()["whisper"][0], data, progress=False)
 
 
+@pytest.mark.parametrize("data, message", [
+    (torch.randn(3, 8, 32), r"reads an \(N, samples\) float tensor of raw waveforms, all of one length of at least 20 "
+                            r"samples \(a feature extractor's input_values, without padding\); the data are a "
+                            r"torch.float32 tensor of shape \(3, 8, 32\)"),
+    (torch.randn(3, 19), r"could not be read on this data: .*reads waveforms of at least 20 samples \(the receptive "
+                         r"field of its convolutional feature encoder\), got 19"),
+    (None, r"reads audio and there is no offline audio source: give an \(N, samples\) float tensor of raw waveforms"),
+])
+def test_waveform_classifier_takes_waveforms_and_says_what_was_wrong(data, message):
+    with pytest.raises(ReportError, match=message):
+        report(family_models()["wav2vec2"][0], data, progress=False)
+
+
 # ---- coverage: every family either gives correct numbers or a clear refusal --------------------------------
 @functools.lru_cache(maxsize=1)
 def family_models():
@@ -306,6 +319,15 @@ def family_models():
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     vit = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                intermediate_size=64, num_labels=3)
+    bare_vit = {k: v for k, v in vit.items() if k != "num_labels"}
+    mels = torch.randn(4, 8, 32, generator=torch.Generator().manual_seed(4))
+    whisper_classifier = dict(num_mel_bins=8, d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2,
+                              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                              max_source_positions=16, classifier_proj_size=16, num_labels=3)
+    wav2vec2 = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=(8, 8),
+                    conv_stride=(4, 2), conv_kernel=(8, 4), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+                    classifier_proj_size=16, num_labels=3)
+    waves = torch.randn(4, 160, generator=torch.Generator().manual_seed(5))
     models = {
         "gpt2": (t.GPT2LMHeadModel(t.GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=2, n_positions=64,
                                                 initializer_range=0.2)), ids),
@@ -351,8 +373,15 @@ def family_models():
         "deit-hf-teacher": (t.DeiTForImageClassificationWithTeacher(t.DeiTConfig(**vit)), images),
         "dinov2": (t.Dinov2ForImageClassification(t.Dinov2Config(**vit)), images),
         "dinov2-bare": (t.Dinov2Model(t.Dinov2Config(**vit)), images),
-        "clip-vision": (t.CLIPVisionModel(t.CLIPVisionConfig(**{k: v for k, v in vit.items() if k != "num_labels"})),
-                        images),
+        "dinov2-registers": (t.Dinov2WithRegistersForImageClassification(
+            t.Dinov2WithRegistersConfig(**vit, num_register_tokens=2)), images),
+        "dinov2-registers-bare": (t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(**vit, num_register_tokens=2)),
+                                  images),
+        "clip-vision": (t.CLIPVisionModel(t.CLIPVisionConfig(**bare_vit)), images),
+        "clip-vision-projection": (t.CLIPVisionModelWithProjection(t.CLIPVisionConfig(**bare_vit, projection_dim=16)),
+                                   images),
+        "siglip-vision": (t.SiglipVisionModel(t.SiglipVisionConfig(**bare_vit)), images),
+        "siglip": (t.SiglipForImageClassification(t.SiglipConfig(vision_config=bare_vit, num_labels=3)), images),
         "t5": (t.T5ForConditionalGeneration(t.T5Config(vocab_size=V, d_model=32, d_kv=16, d_ff=64, num_layers=3,
                                                          num_decoder_layers=1, num_heads=2)), ids),
         "t5-encoder": (t.T5EncoderModel(t.T5Config(vocab_size=V, d_model=32, d_kv=16, d_ff=64, num_layers=3,
@@ -361,7 +390,15 @@ def family_models():
             vocab_size=V, num_mel_bins=8, d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
             max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
-            torch.randn(4, 8, 32, generator=torch.Generator().manual_seed(4))),
+            mels),
+        "whisper-classifier": (t.WhisperForAudioClassification(t.WhisperConfig(**whisper_classifier)), mels),
+        "whisper-classifier-weighted": (t.WhisperForAudioClassification(t.WhisperConfig(
+            **whisper_classifier, use_weighted_layer_sum=True)), mels),
+        "wav2vec2": (t.Wav2Vec2ForSequenceClassification(t.Wav2Vec2Config(**wav2vec2)), waves),
+        "hubert-stable": (t.HubertForSequenceClassification(t.HubertConfig(**wav2vec2, do_stable_layer_norm=True)),
+                          waves),
+        "wav2vec2-weighted": (t.Wav2Vec2ForSequenceClassification(
+            t.Wav2Vec2Config(**wav2vec2, use_weighted_layer_sum=True)), waves),
         "timm-vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                                        embed_dim=32, depth=3, num_heads=2, num_classes=3), images),
         "timm-deit-distilled": (timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
@@ -374,17 +411,26 @@ def family_models():
 FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "phi3", "gemma", "gemma2", "falcon", "bloom",
             "gpt-j", "mpt", "cohere", "bart", "bert", "roberta", "distilbert", "deberta-v2", "electra", "modernbert", "xlm-roberta",
             "vit-hf",
-            "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "clip-vision", "t5", "t5-encoder",
-            "whisper", "timm-vit", "timm-deit-distilled"]
+            "vit-hf-bare", "deit-hf", "deit-hf-teacher", "dinov2", "dinov2-bare", "dinov2-registers",
+            "dinov2-registers-bare", "clip-vision", "clip-vision-projection", "siglip-vision", "siglip", "t5",
+            "t5-encoder", "whisper", "whisper-classifier", "whisper-classifier-weighted", "wav2vec2", "hubert-stable",
+            "wav2vec2-weighted", "timm-vit", "timm-deit-distilled"]
 LMS = ("gpt2", "llama", "mistral", "qwen2", "gpt-neox", "opt", "phi3", "gemma", "gemma2", "falcon", "bloom", "gpt-j",
        "mpt")
 REFUSED = {"cohere": "CohereForCausalLM rescales its logits after lm_head (logit_scale=0.0625), which layersim "
                      "does not reproduce yet: add that step to HFCausalLM._head",
+           "whisper-classifier-weighted": "WhisperForAudioClassification is configured with use_weighted_layer_sum="
+                                          "True: its head reads a softmax-weighted sum of every layer's hidden states",
+           "wav2vec2-weighted": "Wav2Vec2ForSequenceClassification is configured with use_weighted_layer_sum=True",
            "bart": "BartForConditionalGeneration belongs to an encoder-decoder family (bart) whose layers layersim "
                    "does not read; of encoder-decoder models it reads the encoder stack of T5EncoderModel"}
 # features and similarity only: what the report says instead of a readout
 BARE = {"vit-hf-bare": "bare ViTModel without a classification head", "dinov2-bare": "bare Dinov2Model without",
         "clip-vision": "bare CLIPVisionModel without a classification head",
+        "dinov2-registers-bare": "bare Dinov2WithRegistersModel without a classification head",
+        "clip-vision-projection": "bare CLIPVisionModelWithProjection without a classification head (it returns an "
+                                  "image embedding, visual_projection(post_layernorm(h_L[CLS])), not a classifier's",
+        "siglip-vision": "bare SiglipVisionModel without a classification head",
         "t5": "read as the encoder stack of an encoder-decoder model (t5): its decoder, not a classifier, reads it",
         "t5-encoder": "T5EncoderModel is read as the encoder stack", "whisper": "encoder-decoder model (whisper)"}
 

@@ -9,9 +9,10 @@
 >>> vit.reader(v[2], 3)                           # layer 3 read by the last-layer classifier, (B, C)
 
 The house: `base` (Hidden, the adapter interface), `families` (where each family keeps blocks, norm, head),
-`vision`, `text`, `hf_vision` and `stacks` (the adapters; `hf_blocks` reads a Hugging Face model's blocks),
+`vision`, `text`, `hf_vision`, `stacks` and `audio` (the adapters; `hf_blocks` reads a Hugging Face model's blocks),
 `readers` (the shared head and exit heads: the one way to read a layer), `selfcheck` (every adapter checked against the model's own output when made), `loading`, `vit` (our ViT).
 """
+from .audio import WaveformClassifier, WhisperAudioClassifier
 from .base import (AUTHORS_GPT2_READOUT, LOGIT_ELEMENTS_PER_CHUNK, POOLINGS, BlockState, Hidden, LayerAdapter,
                    check_upto, eval_mode, layer_indices, layer_number)
 from .decoder import DecoderSteps, decoder_steps
@@ -32,3 +33,4 @@ __all__ = ["DecoderSteps", "decoder_steps", "load_model", "adapt", "minilm_path"
            "AUTHORS_GPT2_READOUT", "LOGIT_ELEMENTS_PER_CHUNK", "VisionTransformer", "ViTConfig", "eval_mode",
            "layer_indices", "layer_number", "check_upto", "is_encoder_type", "is_seq2seq_type", "state_dict_from_timm",
            "state_dict_to_timm", "timm_kwargs", "tokenizer_fingerprint"]
+__all__ += ["WhisperAudioClassifier", "WaveformClassifier"]

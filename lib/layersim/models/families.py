@@ -12,12 +12,16 @@ Hugging Face families (by where the base model keeps them):
   ``final_norm``, ``decoder.final_layer_norm`` (OPT), and for pre-norm encoders ``LayerNorm``
   (RoBERTa-PreLayerNorm) and ``encoder.LayerNorm`` (XLM-RoBERTa-XL). Post-norm encoders (BERT family) have none;
 - between the final norm and the LM head: OPT's ``decoder.project_out`` where it exists;
-- vision transformers (`VISION_CLASSES`): blocks at ``layers`` (ViT, DeiT), ``encoder.layer`` (Dinov2),
-  ``encoder.layers`` (CLIP); final norm ``layernorm`` on the whole sequence (ViT, DeiT, Dinov2) or
-  ``post_layernorm`` on the pooled class token (CLIP); leading tokens: the class token, DeiT's distillation
-  token, Dinov2's register tokens;
+- vision transformers (`VISION_CLASSES`): blocks at ``layers`` (ViT, DeiT), ``encoder.layer`` (Dinov2, with
+  or without registers), ``encoder.layers`` (CLIP, SigLIP); final norm ``layernorm`` on the whole sequence (ViT,
+  DeiT, Dinov2), ``post_layernorm`` on the pooled class token (CLIP) or, without a class token, on the whole
+  sequence (SigLIP); leading tokens: the class token, DeiT's distillation token, Dinov2's register tokens
+  (after the class token); CLIP's ``visual_projection`` of the pooled output (`VISION_PROJECTIONS`);
 - encoder stacks of encoder-decoder models (`ENCODER_STACKS`): T5's ``encoder.block`` and
-  ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``;
+  ``encoder.final_layer_norm``, Whisper's ``encoder.layers`` and ``encoder.layer_norm``; audio classifiers
+  (`AUDIO_CLASSIFIERS`): Whisper's encoder, wav2vec 2.0's and HuBERT's ``encoder.layers`` (final norm
+  ``encoder.layer_norm`` after block L where ``do_stable_layer_norm``, else post-norm), with ``projector`` and
+  ``classifier`` (`audio_head`);
 - what runs before block 1 (`BLOCK_ENTRY`): written out for GPT-2, the Llama family, GPT-NeoX and the BERT family, whose
   blocks layersim then runs in its own explicit loop (`layersim.models.decoder`, `layersim.models.text`); every
   other family is read through the model's own forward, with hooks on its blocks (`layersim.models.hf_blocks`).
@@ -105,14 +109,44 @@ VISION_CLASSES = {"ViTModel": None, "ViTForImageClassification": "cls",
                   "DeiTModel": None, "DeiTForImageClassification": "cls",
                   "DeiTForImageClassificationWithTeacher": "cls+distillation",
                   "Dinov2Model": None, "Dinov2ForImageClassification": "cls+mean",
-                  "CLIPVisionModel": None}
-# the final norm of a vision transformer: (path, True when it normalises the sequence, False the pooled class token)
+                  "Dinov2WithRegistersModel": None, "Dinov2WithRegistersForImageClassification": "cls+mean",
+                  "CLIPVisionModel": None, "CLIPVisionModelWithProjection": None,
+                  "SiglipVisionModel": None, "SiglipForImageClassification": "mean"}
+# bare vision classes that return a projection of their pooled output: class -> (the projection, the output field)
+VISION_PROJECTIONS = {"CLIPVisionModelWithProjection": ("visual_projection", "image_embeds")}
+# the final norm of a vision transformer: (path, True when it normalises the sequence, False the pooled class
+# token); ``post_layernorm`` normalises the pooled class token where there is one (CLIP), else every token (SigLIP)
 VISION_NORMS = (("layernorm", True), ("post_layernorm", False))
 # encoder-decoder classes whose encoder stack (``get_encoder()``) is read: class name -> (the stack's final
 # norm, what it reads)
 ENCODER_STACKS = {"T5EncoderModel": ("final_layer_norm", "text"), "T5Model": ("final_layer_norm", "text"),
                   "T5ForConditionalGeneration": ("final_layer_norm", "text"),
                   "WhisperModel": ("layer_norm", "audio"), "WhisperForConditionalGeneration": ("layer_norm", "audio")}
+# audio classifiers read with their head on every layer (`audio_head`: classifier(mean over frames of
+# projector(n_l)), n_l the layer's frames after the encoder's final norm where there is one): class name -> (what
+# they read, the final norm in the module whose forward runs the blocks); "log-mel": Whisper's encoder stack,
+# "waveform": wav2vec 2.0 / HuBERT (their base model: convolutional feature encoder, then the blocks; the norm
+# follows block L only where ``do_stable_layer_norm``, else it runs before block 1 and the blocks are post-norm)
+AUDIO_CLASSIFIERS = {"WhisperForAudioClassification": ("log-mel", "layer_norm"),
+                     "Wav2Vec2ForSequenceClassification": ("waveform", "encoder.layer_norm"),
+                     "HubertForSequenceClassification": ("waveform", "encoder.layer_norm")}
+
+
+def audio_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """(projector, classifier) of an audio classifier of `AUDIO_CLASSIFIERS`, whose logits are
+    ``classifier(mean over frames of projector(h))``; raises ValueError where the model mixes its layers
+    (``use_weighted_layer_sum``: its head reads a learned mixture of every layer, not one layer)."""
+    name = type(model).__name__
+    if getattr(model.config, "use_weighted_layer_sum", False):
+        raise ValueError(f"{name} is configured with use_weighted_layer_sum=True: its head reads a softmax-weighted "
+                         "sum of every layer's hidden states, not the last layer, so no single layer is what it reads "
+                         "and the last-layer classifier cannot be applied to each layer; layersim reads this model "
+                         "with use_weighted_layer_sum=False only (to read the mixture, subclass "
+                         "layersim.models.LayerAdapter with a head that takes the mixture weights)")
+    projector, classifier = getattr(model, "projector", None), getattr(model, "classifier", None)
+    if not (isinstance(projector, nn.Linear) and isinstance(classifier, nn.Linear)):
+        raise ValueError(f"{name} has no linear projector and classifier: subclass layersim.models.LayerAdapter")
+    return projector, classifier
 
 
 def vision_head(model: nn.Module):
@@ -131,10 +165,17 @@ def vision_head(model: nn.Module):
     else:
         heads = (getattr(model, "classifier", None),)
         formula = {"cls": "classifier(n_l[CLS])", "cls+mean": "classifier(concat(n_l[CLS], mean(n_l[patches])))",
-                   None: None}[kind]
+                   "mean": "classifier(mean(n_l))", None: None}[kind]
     if kind is not None and not all(isinstance(h, nn.Linear) for h in heads):
         return None, None, ()  # num_labels=0: the classifier is an identity, there is no head
     return kind, formula, heads
+
+
+def vision_base(model: nn.Module) -> nn.Module:
+    """The module of a Hugging Face vision model that holds its embeddings, blocks and final norm: the base model,
+    or the ``vision_model`` of a classifier whose base model is itself (SigLIP's)."""
+    base = model.base_model
+    return base if hasattr(base, "embeddings") else getattr(model, "vision_model", base)
 
 
 def vision_norm(base: nn.Module) -> tuple[str, nn.Module, bool]:
@@ -142,7 +183,7 @@ def vision_norm(base: nn.Module) -> tuple[str, nn.Module, bool]:
     for path, sequence in VISION_NORMS:
         found = get_path(base, path)
         if isinstance(found, nn.Module):
-            return path, found, sequence
+            return path, found, sequence or vision_prefix_tokens(base.embeddings) == 0
     raise ValueError(f"{type(base).__name__} has none of the final norms {[p for p, _ in VISION_NORMS]}; subclass "
                      "layersim.models.LayerAdapter for it")
 

@@ -6,7 +6,8 @@ family, the BERT family; `layersim.models.families.BLOCK_ENTRY`), the blocks run
 the model's own forward runs them: a forward hook on each block records its output, and after block `upto` the
 forward stops (a real truncated forward, whatever the family does between blocks: masks, rotary embeddings,
 relative position biases); a forward pre-hook on block 1 records its input. Either way the embedding output
-("layer 0", the input of block 1) comes from the same pass.
+("layer 0", the input of block 1) comes from the same pass, and is kept as a copy taken before block 1 runs (a
+block that changes its input in place would otherwise change layer 0 too).
 """
 from __future__ import annotations
 
@@ -104,10 +105,11 @@ class HFBlocks:
         first entry is the embedding output)."""
         if self.has_entry:
             h, kwargs = self._entry(inputs)
+            entry = h.clone()  # layer 0, before block 1 may change its input in place
             outputs = [h]
             for block in self._blocks[:upto]:
                 outputs.append(run_block(block, outputs[-1], kwargs))
-            return outputs[1:], h
+            return outputs[1:], entry
         if self._blocks is None:
             out = self.base(**inputs, output_hidden_states=True, **self.call_kwargs)
             return list(out.hidden_states[1:upto + 1]), out.hidden_states[0]
@@ -124,8 +126,9 @@ class HFBlocks:
                     raise StopForward
             return hook
 
-        def record_entry(module, args, kwargs):
-            entry.append(args[0] if args else kwargs.get("hidden_states"))
+        def record_entry(module, args, kwargs):  # a copy: block 1 may change its input in place
+            tokens = args[0] if args else kwargs.get("hidden_states")
+            entry.append(tokens.clone() if isinstance(tokens, torch.Tensor) else None)
 
         handles = [block.register_forward_hook(record(i)) for i, block in enumerate(self._blocks)]
         handles.append(self._blocks[0].register_forward_pre_hook(record_entry, with_kwargs=True))

@@ -16,8 +16,10 @@ import torch
 import torch.nn as nn
 
 from .base import LayerAdapter
-from .families import ENCODER_STACKS, VISION_CLASSES, is_causal_lm_type, is_encoder_type, is_seq2seq_type
+from .families import (AUDIO_CLASSIFIERS, ENCODER_STACKS, VISION_CLASSES, is_causal_lm_type, is_encoder_type,
+                       is_seq2seq_type)
 from .hf_vision import HFVision
+from .audio import WaveformClassifier, WhisperAudioClassifier
 from .stacks import T5EncoderStack, WhisperEncoderStack
 from .text import HFCausalLM, HFEncoder
 from .vision import TimmViTAdapter, ViTAdapter
@@ -102,7 +104,7 @@ def _hf_classes(config, num_labels):
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     first = (config.architectures or [None])[0]
-    if first in VISION_CLASSES or first in ENCODER_STACKS:  # read as saved: a vision model, an encoder stack
+    if first in VISION_CLASSES or first in ENCODER_STACKS or first in AUDIO_CLASSIFIERS:  # read as saved
         return getattr(transformers, first)
     architectures = " ".join(config.architectures or [])
     if "ForCausalLM" in architectures or "LMHeadModel" in architectures or not is_encoder_type(config.model_type):
@@ -120,7 +122,8 @@ def _hf_from_pretrained(name: str, num_labels: int | None = None, **hub_kwargs):
     cls = _hf_classes(config, num_labels)
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     model = cls.from_pretrained(name, **extra, **hub_kwargs)
-    reads_text = cls.__name__ not in VISION_CLASSES and ENCODER_STACKS.get(cls.__name__, (None, "text"))[1] == "text"
+    reads_text = cls.__name__ not in VISION_CLASSES and cls.__name__ not in AUDIO_CLASSIFIERS and \
+        ENCODER_STACKS.get(cls.__name__, (None, "text"))[1] == "text"
     tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs) if reads_text else None
     return model.eval(), tokenizer
 
@@ -250,7 +253,8 @@ def _load_by_hub_name(name: str, *, num_labels, final_norm, **text_kwargs) -> La
 # ---- choosing an adapter -------------------------------------------------------------------------------
 def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
     """The adapter for `model`: our ViT, a timm ViT/DeiT, a Hugging Face encoder, causal LM or vision transformer,
-    the encoder stack of a T5 or Whisper model (an adapter is returned as it is). kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
+    the encoder stack of a T5 or Whisper model, an audio classifier (an adapter is returned as it is).
+    kwargs go to the adapter (final_norm, max_length, name, check; norm= for causal LMs).
     The adapter checks itself against the model's own output when made (`layersim.models.selfcheck`)."""
     if isinstance(model, LayerAdapter):
         return model
@@ -266,6 +270,9 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
         cls_name = type(model).__name__
         if getattr(model, "main_input_name", None) == "pixel_values":
             return HFVision(model, **kwargs)
+        if cls_name in AUDIO_CLASSIFIERS:
+            reads = AUDIO_CLASSIFIERS[cls_name][0]
+            return (WhisperAudioClassifier if reads == "log-mel" else WaveformClassifier)(model, **kwargs)
         if cls_name in ENCODER_STACKS:
             if ENCODER_STACKS[cls_name][1] == "audio":
                 return WhisperEncoderStack(model, **kwargs)
@@ -287,8 +294,10 @@ def adapt(model: nn.Module, tokenizer=None, **kwargs) -> LayerAdapter:
                                  "AutoModelForCausalLM")
         raise ValueError(f"don't know how to read the layers of {cls_name} ({model.config.model_type}); supported: "
                          "Hugging Face text encoders (bare or *ForSequenceClassification), causal LMs (*ForCausalLM"
-                         " / *LMHeadModel) and vision transformers (ViT, DeiT, Dinov2, CLIP vision tower). For "
-                         "another model subclass layersim.models.LayerAdapter (README, 'Your own model')")
+                         " / *LMHeadModel), vision transformers (ViT, DeiT, Dinov2, CLIP and SigLIP vision towers), "
+                         f"the audio classifiers {', '.join(AUDIO_CLASSIFIERS)} and the encoder stacks of "
+                         f"{', '.join(ENCODER_STACKS)}. For another model subclass layersim.models.LayerAdapter "
+                         "(README, 'Your own model')")
     raise ValueError(f"don't know how to read the layers of {type(model).__name__} ({module}); supported: "
                      "layersim VisionTransformer, timm VisionTransformer, Hugging Face encoders, causal LMs and "
                      "vision transformers. "

@@ -1,4 +1,5 @@
-"""Adapters for the encoder stack of an encoder-decoder model: T5's encoder (text) and Whisper's encoder (audio).
+"""Adapters for the encoder stack of an encoder-decoder model: T5's encoder (text) and Whisper's encoder (audio;
+with a head, ``WhisperForAudioClassification``, in `layersim.models.audio`).
 
 Given a whole model (``T5ForConditionalGeneration``, ``T5Model``, ``WhisperForConditionalGeneration``,
 ``WhisperModel``) or the encoder alone (``T5EncoderModel``), they read ``model.get_encoder()``: its blocks during
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .base import LayerAdapter
-from .families import ENCODER_STACKS
+from .families import AUDIO_CLASSIFIERS, ENCODER_STACKS
 from .hf_blocks import HFBlocks
 from .inputs import check_float_input
 from .text import _HFText
@@ -27,7 +28,8 @@ class _EncoderStack:
 
     def _base_module(self, model) -> nn.Module:
         encoder = model.get_encoder()
-        norm_path, _ = ENCODER_STACKS[type(model).__name__]
+        name = type(model).__name__
+        norm_path = ENCODER_STACKS[name][0] if name in ENCODER_STACKS else AUDIO_CLASSIFIERS[name][1]
         self.norm_path, self.norm_module = norm_path, getattr(encoder, norm_path)
         return encoder
 
@@ -68,6 +70,7 @@ class WhisperEncoderStack(_EncoderStack, HFBlocks, LayerAdapter):
     features (a WhisperFeatureExtractor's ``input_features``); frames = 2 * max_source_positions."""
 
     modality = "audio"
+    input_name = "log-mel features"
 
     def __init__(self, model, *, name: str | None = None, final_norm: bool = True):
         config = model.config
@@ -80,9 +83,16 @@ class WhisperEncoderStack(_EncoderStack, HFBlocks, LayerAdapter):
     def settings(self) -> dict:
         return {**super().settings(), "model_class": type(self.model).__name__}
 
+    def inputs_wanted(self) -> str:
+        """What a batch must be, for people (the report's messages)."""
+        mel, frames = self.input_shape
+        return (f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's "
+                f"input_features, padded to {frames} frames)")
+
     def _model_inputs(self, batch) -> dict:
         return {"input_features": check_float_input(batch, self.input_shape, self.dtype, self.device, self.name,
-                                                    what="log-mel features", dims="mel bins, frames")}
+                                                    what=self.input_name, dims="mel bins, frames")}
 
     def probe_batch(self) -> torch.Tensor:
         return torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
+

@@ -61,13 +61,15 @@ def report(model, inputs=None, *, n: int | None = None, out=None, device: str = 
     """The paper's analysis of `model` on `inputs`, in one call.
 
     model: a layersim model name ("minilm-l6", "smollm2-135m"), a local Hugging Face / timm folder (whatever
-        `layersim.models.load_model` accepts), a model object (our ViT, timm, Hugging Face text, vision and
-        encoder-decoder models (their encoder stack); ``(model, tokenizer)`` for a text model) or an adapter.
+        `layersim.models.load_model` accepts), a model object (our ViT, timm, Hugging Face text, vision, audio
+        classifiers and encoder-decoder models (their encoder stack); ``(model, tokenizer)`` for a text model) or
+        an adapter.
     inputs: None (text encoders: review snippets; causal LMs: the English corpus test split packed into
         sequences of `seq_len` tokens; images: digits or Fashion-MNIST), a source name ("reviews", "english",
         "digits", "fashion-mnist"), a text file, a folder of images, a list of texts, an (N, C, H, W) image tensor,
-        (N, T) token ids, an (N, mel bins, frames) tensor of log-mel features (an audio encoder: Whisper's), or a
-        pair (inputs, labels).
+        (N, T) token ids, an (N, mel bins, frames) tensor of log-mel features (Whisper's encoder or audio
+        classifier), an (N, samples) tensor of waveforms (wav2vec 2.0 / HuBERT classifiers), or a pair (inputs,
+        labels).
     n: the first n inputs (texts, images or sequences); default 1000 (LM: 64 sequences).
     out: a folder to write report.json and report.html into (atomically).
     pooling / feature_norm: the samples compared and the final norm on the features (`layersim.extract`).

@@ -86,7 +86,7 @@ def resolve_data(adapter: LayerAdapter, data=None, *, n: int | None = None, seq_
     if isinstance(data, tuple) and len(data) == 2:
         data, labels = data
     if kind == "audio":
-        return _audio_inputs(adapter, data, n, batch_size or 8)
+        return _audio_inputs(adapter, data, labels, n, batch_size or 8)
     if kind == "tensor":
         return _tensor_inputs(adapter, data, labels, n, batch_size or 32)
     if data is None:
@@ -179,9 +179,10 @@ def _image_folder(path: Path):
 
 
 def _expected_shape(adapter) -> tuple:
-    """The shape of one input the adapter reads (images (C, H, W), log-mel features (mel, frames))."""
-    probe = adapter.probe_batch()
-    return tuple(probe.shape[1:])
+    """The shape of one input the adapter reads (images (C, H, W), log-mel features (mel, frames)): its
+    ``input_shape`` where it has one (None: any size, e.g. a waveform's samples), else its probe batch's."""
+    shape = getattr(adapter, "input_shape", None)
+    return tuple(shape) if shape is not None else tuple(adapter.probe_batch().shape[1:])
 
 
 def _default_images(adapter) -> str:
@@ -208,13 +209,12 @@ def _image_inputs(adapter, data, labels, source, classes, size) -> Inputs:
     return Inputs(batches, len(data), source, use is not None, classes, notes=notes)
 
 
-def _audio_inputs(adapter, data, n, size) -> Inputs:
-    """An audio encoder's inputs: an (N, mel bins, frames) float tensor from Python (no offline audio source)."""
-    mel, frames = _expected_shape(adapter)
-    return _tensor_inputs(adapter, data, None, n, size, floats=True, what="log-mel features ",
-                          no_source="audio and there is no offline audio source",
-                          want=f"an (N, {mel}, {frames}) float tensor of log-mel features (a WhisperFeatureExtractor's "
-                               f"input_features, padded to {frames} frames)")
+def _audio_inputs(adapter, data, labels, n, size) -> Inputs:
+    """An audio model's inputs from Python (there is no offline audio source): a float tensor of what the adapter
+    reads (Whisper: (N, mel bins, frames) log-mel features; wav2vec 2.0: (N, samples) waveforms), with labels for
+    an audio classifier."""
+    return _tensor_inputs(adapter, data, labels, n, size, floats=True, what=f"{adapter.input_name} ",
+                          no_source="audio and there is no offline audio source", want=adapter.inputs_wanted())
 
 
 def _tensor_inputs(adapter, data, labels, n, size, *, floats: bool = False, what: str = "", want: str | None = None,
@@ -226,7 +226,8 @@ def _tensor_inputs(adapter, data, labels, n, size, *, floats: bool = False, what
     if not isinstance(data, torch.Tensor):
         got = "no data" if data is None else repr(str(data)) if isinstance(data, (str, Path)) else type(data).__name__
         raise ReportError(f"{adapter.name} reads {no_source}: give {want} (got {got})")
-    if tuple(data.shape[1:]) != shape or (floats and not data.is_floating_point()):
+    fits = data.dim() == 1 + len(shape) and all(e is None or g == e for g, e in zip(data.shape[1:], shape))
+    if not fits or (floats and not data.is_floating_point()):
         raise ReportError(f"{adapter.name} reads {want}; the data are a {data.dtype} tensor of shape "
                           f"{tuple(data.shape)}")
     data = data[:n] if n is not None else data
