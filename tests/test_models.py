@@ -947,6 +947,32 @@ def test_gemma2_soft_capping_is_read_at_every_layer_and_never_fused_away(monkeyp
     assert torch.allclose(loss, expected, atol=1e-5)
     with pytest.raises(ValueError, match="fused=True needs a reader whose last step is one linear layer"):
         losses.layer_loss(vectors[0], adapter.reader, 1, targets, fused=True)
+    # the capped head is read a chunk of rows at a time under checkpointing: the same loss and gradients as the
+    # whole logits, and no call of the head on more rows than a chunk
+    from layersim.models import readers
+
+    model.double()
+    vectors = vectors.double()
+    grads = {}
+    for name, elements in (("whole", 2 ** 62), ("chunked", 0)):
+        monkeypatch.setattr(losses, "FUSE_ABOVE_ELEMENTS", elements)
+        monkeypatch.setattr(readers, "LOGIT_ELEMENTS_PER_CHUNK", 5 * 100)  # 5 rows of 100 logits
+        calls = []
+
+        def reader(v, layer):
+            calls.append(v.shape[0])
+            return adapter.reader(v, layer)
+
+        reader.num_classes = 100
+        v = vectors.clone().requires_grad_()
+        model.zero_grad()
+        loss = losses.readout_cross_entropy(v, reader, targets, weights, label_smoothing=0.1).loss
+        loss.backward()
+        grads[name] = (loss.detach(), v.grad, model.lm_head.weight.grad.clone(), max(calls))
+    assert torch.allclose(grads["whole"][0], grads["chunked"][0], rtol=1e-12)
+    for got, want in zip(grads["chunked"][1:3], grads["whole"][1:3]):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert grads["whole"][3] == targets.numel() and grads["chunked"][3] == 5
 
 
 def test_saved_vision_and_encoder_decoder_folders_load_as_saved(tmp_path, tokenizer):

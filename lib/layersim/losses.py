@@ -305,6 +305,11 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
             value, totals = segments_cross_entropy(hidden, linear.weight, linear.bias, target, scales[members], count,
                                                    ignore_index=ignore_index, label_smoothing=label_smoothing)
             means[members] = (totals.detach() / count).float().cpu()
+        elif n * getattr(reader, "num_classes", 0) > FUSE_ABOVE_ELEMENTS:  # a large head that is not linear
+            (s,) = members
+            mean = _checkpointed_sum(vectors, targets, segments[s], reader, label_smoothing, ignore_index) / count
+            value = scales[s].to(device=mean.device, dtype=mean.dtype) * mean
+            means[s] = mean.detach().float().cpu()
         else:  # logits of the segment's rows, as `layer_loss` forms them
             (s,) = members
             logits, target = rows_of(segments[s], reader)
@@ -320,6 +325,28 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
             means[s] = mean.detach().float().cpu()
         values.append(value)
     return (values[0] if len(values) == 1 else torch.stack(values).sum()), means
+
+
+def _checkpointed_sum(vectors, targets, segment, reader, label_smoothing: float, ignore_index: int) -> torch.Tensor:
+    """The summed cross-entropy of a segment's rows read by a large head that does not end in one linear layer
+    (Gemma-2's soft-capped vocabulary), a chunk of rows at a time (`layersim.models.readers.chunk_rows`) under
+    activation checkpointing: one chunk's logits exist at once, in the forward and again in the backward pass
+    (they are formed twice), never (rows, V) for the whole segment."""
+    from torch.utils.checkpoint import checkpoint
+
+    from .models.readers import chunk_rows
+
+    def chunk_sum(v, t, layer):
+        return F.cross_entropy(reader(v, layer), t, reduction="sum", ignore_index=ignore_index,
+                               label_smoothing=label_smoothing)
+
+    step, total = chunk_rows(reader.num_classes), None
+    for layer, idx in segment:
+        v, t = (vectors[layer - 1], targets) if idx is None else (vectors[layer - 1, idx], targets[idx])
+        for start in range(0, v.shape[0], step):
+            part = checkpoint(chunk_sum, v[start:start + step], t[start:start + step], layer, use_reentrant=False)
+            total = part if total is None else total + part
+    return total
 
 
 def layer_draws(weights: torch.Tensor, sampling: str, rows: int, *, generator: torch.Generator | None = None,
