@@ -256,11 +256,13 @@ def draws_cross_entropy(vectors: torch.Tensor, reader: Reader, targets: torch.Te
     vectors (L, n, d), targets (n,), layers (S, n) 1-based, 0 where segment s does not read row i (each
     segment reads at least one row), scales (S,) >= 0; n' the count of targets that are not `ignore_index`.
     Returns ``(loss, means)``: loss a scalar with its graph, means (S,) the detached summed cross-entropy of
-    each segment's rows over n' (its mean cross-entropy when it reads every row). The rows of a segment are read layer by layer (``reader.pre(v, l)``:
-    each layer its own steps before the head's linear layer, e.g. no final norm below L) and, when the loss
-    is fused (a vocabulary), all segments read by one linear layer go through one `segments_cross_entropy`
-    call: one pass of the head over the rows, one weight-sized gradient. Otherwise logits are formed per
-    segment. A reader with another linear layer per layer (`ExitHeads`) makes one call per linear layer.
+    each segment's rows over n' (its mean cross-entropy when it reads every row). The rows of a segment are
+    read layer by layer (``reader.pre(v, l)``: each layer its own steps before the head's linear layer, e.g. no
+    final norm below L) and, when the loss is fused (a vocabulary), all segments read by one linear layer go
+    through one `segments_cross_entropy` call: one pass of the head over the rows, one weight-sized gradient.
+    A large head that does not end in one linear layer (Gemma-2's soft cap) is read a chunk of rows at a time
+    under checkpointing (`_checkpointed_sum`). Otherwise logits are formed per segment. A reader with another
+    linear layer per layer (`ExitHeads`) makes one call per linear layer.
     """
     L, n = _check_vectors(vectors).shape[:2]
     if not callable(reader):
