@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,13 +29,8 @@ from layersim.report import report
 from layersim.report.inputs import resolve_data
 
 HERE = Path(__file__).resolve().parent
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+sys.path.insert(0, str(HERE))
+from bench_lm_loss import _status  # noqa: E402  (the process's memory fields, as that benchmark reads them)
 
 
 def main() -> None:

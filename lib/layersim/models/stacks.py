@@ -95,4 +95,3 @@ class WhisperEncoderStack(_EncoderStack, HFBlocks, LayerAdapter):
 
     def probe_batch(self) -> torch.Tensor:
         return torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
-
